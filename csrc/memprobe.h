@@ -1,0 +1,118 @@
+/* spark_memprobe native sampler: the one struct layout shared by C and Python.
+ *
+ * The part between CDEF BEGIN and CDEF END is fed verbatim to cffi's cdef()
+ * (spark_memprobe/_build_native.py), so Python sees exactly this layout.
+ * Keep it to what cdef understands: integer #defines, enums, structs, prototypes.
+ *
+ * Conventions: every function returns 0 or -errno and never prints; values that
+ * could not be read are MP_MISSING (Python turns them into None, never 0);
+ * "max" in a limit file is MP_UNLIMITED.
+ */
+#ifndef MEMPROBE_H
+#define MEMPROBE_H
+#include <stdint.h>
+
+/* CDEF BEGIN */
+#define MP_MISSING   -9223372036854775807
+#define MP_UNLIMITED 9223372036854775807
+#define MP_KEYLEN 48
+#define MP_MEMINFO_KEYS 128
+#define MP_VMSTAT_KEYS 384
+#define MP_CGSTAT_KEYS 160
+#define MP_CGEVENTS_KEYS 16
+#define MP_STATUS_KEYS 8
+#define MP_PROCS_MAX 64
+#define MP_GPUS_MAX 8
+#define MP_GPU_PROCS_MAX 64
+#define MP_PRESSURE_VALUES 8
+
+/* Files of one target, by slot.  Which kernel file sits in a slot is decided in
+ * Python (cgroup v2 or v1 names); C only knows the file's format. */
+enum mp_slot {
+    MP_SLOT_MEMINFO = 0,     /* key: value kB        /proc/meminfo */
+    MP_SLOT_VMSTAT,          /* key value            /proc/vmstat */
+    MP_SLOT_CG_STAT,         /* key value            memory.stat */
+    MP_SLOT_CG_EVENTS,       /* key value            memory.events (v2) / memory.oom_control (v1) */
+    MP_SLOT_CG_CURRENT,      /* one value            memory.current / memory.usage_in_bytes */
+    MP_SLOT_CG_PEAK,         /* one value            memory.peak / memory.max_usage_in_bytes */
+    MP_SLOT_CG_MAX,          /* one value or "max"   memory.max / memory.limit_in_bytes */
+    MP_SLOT_CG_HIGH,         /* one value or "max"   memory.high */
+    MP_SLOT_CG_SWAP,         /* one value            memory.swap.current */
+    MP_SLOT_CG_FAILCNT,      /* one value            memory.failcnt (v1) */
+    MP_SLOT_CG_KMEM,         /* one value            memory.kmem.usage_in_bytes (v1) */
+    MP_SLOT_CG_PRESSURE,     /* PSI lines            memory.pressure */
+    MP_NSLOTS
+};
+
+/* Per file: how the last read went. */
+struct mp_filehdr {
+    int32_t err;        /* 0, -errno of open/pread, or -EBADMSG when nothing parsed */
+    int32_t nkeys;      /* keys known for this file (the key table only grows) */
+    int32_t bad_lines;  /* lines that did not match the grammar and were skipped */
+    int32_t truncated;  /* 1: last line had no newline, or the file filled the buffer */
+};
+
+struct mp_proc {
+    int32_t pid;
+    struct mp_filehdr status_hdr;        /* /proc/<pid>/status */
+    int64_t status[MP_STATUS_KEYS];      /* order: mp_status_keys() */
+};
+
+struct mp_gpu_proc {
+    uint32_t pid;                        /* host PID, as NVML reports it */
+    int32_t kind;                        /* 0 compute, 1 graphics, 2 MPS compute */
+    int64_t used_bytes;                  /* MP_MISSING when NVML says NOT_AVAILABLE */
+};
+
+struct mp_gpu {
+    int32_t mem_err;                     /* 0 or the nvmlReturn_t of the memory call (3 = NOT_SUPPORTED) */
+    int32_t procs_err;                   /* 0 or the nvmlReturn_t of the process calls */
+    int64_t total_bytes, free_bytes, used_bytes, reserved_bytes;   /* nvmlDeviceGetMemoryInfo_v2 */
+    int32_t nprocs;
+    int32_t procs_truncated;
+    struct mp_gpu_proc procs[MP_GPU_PROCS_MAX];
+};
+
+struct mp_sample {
+    int64_t mono_ns;                     /* CLOCK_MONOTONIC when the tick started */
+    int64_t wall_ns;                     /* CLOCK_REALTIME when the tick started */
+    int64_t read_ns;                     /* how long the tick took */
+    struct mp_filehdr hdr[MP_NSLOTS];
+    int64_t meminfo[MP_MEMINFO_KEYS];    /* bytes where the line said kB, else the raw count */
+    int64_t vmstat[MP_VMSTAT_KEYS];
+    int64_t cg_stat[MP_CGSTAT_KEYS];
+    int64_t cg_events[MP_CGEVENTS_KEYS];
+    int64_t cg_current, cg_peak, cg_max, cg_high, cg_swap, cg_failcnt, cg_kmem;
+    int64_t pressure[MP_PRESSURE_VALUES]; /* some avg10, avg60, avg300 (hundredths of %), total us; then full */
+    int32_t nprocs;
+    struct mp_proc procs[MP_PROCS_MAX];
+    int32_t nvml_err;                    /* 0, or why NVML was not read (-ENOENT: no library) */
+    int32_t ngpus;
+    struct mp_gpu gpus[MP_GPUS_MAX];
+};
+
+struct mp_target;
+
+struct mp_target *mp_target_new(void);
+void mp_target_free(struct mp_target *t);
+int mp_target_set_file(struct mp_target *t, int slot, const char *path);
+int mp_target_set_pids(struct mp_target *t, const char *proc_root, const int32_t *pids, int n);
+int mp_target_set_nvml(struct mp_target *t, int on);
+int mp_key_name(struct mp_target *t, int slot, int idx, char *out, int outlen);
+int mp_key_is_kb(struct mp_target *t, int slot, int idx);
+const char *mp_status_key(int idx);
+
+int mp_sample_once(struct mp_target *t, struct mp_sample *out);
+
+int mp_sampler_start(struct mp_target *t, int64_t interval_ns, int capacity);
+int mp_sampler_drain(struct mp_target *t, struct mp_sample *out, int max, uint64_t *dropped);
+int mp_sampler_stop(struct mp_target *t);
+int64_t mp_sampler_cpu_ns(struct mp_target *t);
+
+/* Parse one buffer with the kv grammar into a fresh key table: used by the parity
+ * and fuzz tests to run the exact C parser on any bytes. */
+int mp_parse_kv_buffer(const char *buf, int len, char *keys_out, int64_t *vals_out,
+                       uint8_t *kb_out, int maxkeys, struct mp_filehdr *hdr);
+/* CDEF END */
+
+#endif

@@ -1,0 +1,501 @@
+/* Native sampler: open a target's files once, re-read them with pread at offset 0
+ * (which makes procfs and cgroupfs regenerate the text, see DESIGN.md section 6),
+ * parse into struct mp_sample, and optionally loop in a thread into a ring buffer.
+ * Nothing here allocates or prints per tick. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "memprobe.h"
+#include "nvml.h"
+#include "parse.h"
+
+#define MP_BUFSZ 65536
+
+static const char *status_keys[MP_STATUS_KEYS] = {
+    "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap", "VmHWM", "VmSize", "VmPTE",
+};
+
+struct mp_target {
+    pthread_mutex_t lock;                 /* files, pids and key tables; held for a whole tick */
+    int fd[MP_NSLOTS];
+    struct mp_kvtable tab[4];             /* meminfo, vmstat, cg stat, cg events */
+    char keys_meminfo[MP_MEMINFO_KEYS][MP_KEYLEN];
+    char keys_vmstat[MP_VMSTAT_KEYS][MP_KEYLEN];
+    char keys_cgstat[MP_CGSTAT_KEYS][MP_KEYLEN];
+    char keys_cgevents[MP_CGEVENTS_KEYS][MP_KEYLEN];
+    int klen_all[MP_MEMINFO_KEYS + MP_VMSTAT_KEYS + MP_CGSTAT_KEYS + MP_CGEVENTS_KEYS];
+    uint8_t kb_all[MP_MEMINFO_KEYS + MP_VMSTAT_KEYS + MP_CGSTAT_KEYS + MP_CGEVENTS_KEYS];
+    char status_keytab[MP_STATUS_KEYS][MP_KEYLEN];
+    int status_klen[MP_STATUS_KEYS];
+    uint8_t status_kb[MP_STATUS_KEYS];
+    int nprocs;
+    int32_t pids[MP_PROCS_MAX];
+    int pid_fd[MP_PROCS_MAX];
+    int pid_err[MP_PROCS_MAX];
+    struct mp_nvml nvml;
+    int nvml_on;
+    char *buf;
+
+    /* sampler thread */
+    pthread_t thr;
+    int running;
+    int stop;
+    int64_t interval_ns;
+    pthread_mutex_t ring_lock;
+    pthread_cond_t wake;
+    struct mp_sample *ring;
+    struct mp_sample scratch;
+    int cap, head, count;
+    uint64_t dropped;
+    int64_t cpu_ns;
+};
+
+static int64_t now_ns(clockid_t c)
+{
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static struct mp_kvtable *slot_table(struct mp_target *t, int slot)
+{
+    switch (slot) {
+    case MP_SLOT_MEMINFO: return &t->tab[0];
+    case MP_SLOT_VMSTAT: return &t->tab[1];
+    case MP_SLOT_CG_STAT: return &t->tab[2];
+    case MP_SLOT_CG_EVENTS: return &t->tab[3];
+    default: return NULL;
+    }
+}
+
+static void table_init(struct mp_kvtable *tab, char (*keys)[MP_KEYLEN], int *klen, uint8_t *kb, int max)
+{
+    memset(tab, 0, sizeof(*tab));
+    tab->keys = keys;
+    tab->klen = klen;
+    tab->kb = kb;
+    tab->max = max;
+}
+
+struct mp_target *mp_target_new(void)
+{
+    struct mp_target *t = calloc(1, sizeof(*t));
+    int off = 0;
+
+    if (!t)
+        return NULL;
+    t->buf = malloc(MP_BUFSZ);
+    if (!t->buf) {
+        free(t);
+        return NULL;
+    }
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_mutex_init(&t->ring_lock, NULL);
+    {
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&t->wake, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    for (int i = 0; i < MP_NSLOTS; i++)
+        t->fd[i] = -1;
+    table_init(&t->tab[0], t->keys_meminfo, t->klen_all + off, t->kb_all + off, MP_MEMINFO_KEYS);
+    off += MP_MEMINFO_KEYS;
+    table_init(&t->tab[1], t->keys_vmstat, t->klen_all + off, t->kb_all + off, MP_VMSTAT_KEYS);
+    off += MP_VMSTAT_KEYS;
+    table_init(&t->tab[2], t->keys_cgstat, t->klen_all + off, t->kb_all + off, MP_CGSTAT_KEYS);
+    off += MP_CGSTAT_KEYS;
+    table_init(&t->tab[3], t->keys_cgevents, t->klen_all + off, t->kb_all + off, MP_CGEVENTS_KEYS);
+    for (int i = 0; i < MP_STATUS_KEYS; i++) {
+        t->status_klen[i] = (int)strlen(status_keys[i]);
+        memcpy(t->status_keytab[i], status_keys[i], (size_t)t->status_klen[i] + 1);
+    }
+    for (int i = 0; i < MP_PROCS_MAX; i++)
+        t->pid_fd[i] = -1;
+    return t;
+}
+
+static void close_pids(struct mp_target *t)
+{
+    for (int i = 0; i < t->nprocs; i++)
+        if (t->pid_fd[i] >= 0) {
+            close(t->pid_fd[i]);
+            t->pid_fd[i] = -1;
+        }
+    t->nprocs = 0;
+}
+
+void mp_target_free(struct mp_target *t)
+{
+    if (!t)
+        return;
+    mp_sampler_stop(t);
+    for (int i = 0; i < MP_NSLOTS; i++)
+        if (t->fd[i] >= 0)
+            close(t->fd[i]);
+    close_pids(t);
+    mp_nvml_close(&t->nvml);
+    pthread_mutex_destroy(&t->lock);
+    pthread_mutex_destroy(&t->ring_lock);
+    pthread_cond_destroy(&t->wake);
+    free(t->ring);
+    free(t->buf);
+    free(t);
+}
+
+static int open_ro(const char *path)
+{
+    /* O_NOFOLLOW: kernel files are never links; a link here was planted (we run as root) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    return fd < 0 ? -errno : fd;
+}
+
+int mp_target_set_file(struct mp_target *t, int slot, const char *path)
+{
+    int fd = -1;
+
+    if (slot < 0 || slot >= MP_NSLOTS)
+        return -EINVAL;
+    if (path) {
+        fd = open_ro(path);
+        if (fd < 0)
+            return fd;
+    }
+    pthread_mutex_lock(&t->lock);
+    if (t->fd[slot] >= 0)
+        close(t->fd[slot]);
+    t->fd[slot] = fd;
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+int mp_target_set_pids(struct mp_target *t, const char *proc_root, const int32_t *pids, int n)
+{
+    char path[4096];
+
+    if (n < 0 || n > MP_PROCS_MAX)
+        return -E2BIG;
+    pthread_mutex_lock(&t->lock);
+    close_pids(t);
+    for (int i = 0; i < n; i++) {
+        int fd;
+        t->pids[i] = pids[i];
+        snprintf(path, sizeof(path), "%s/%d/status", proc_root, (int)pids[i]);
+        fd = open_ro(path);
+        t->pid_fd[i] = fd >= 0 ? fd : -1;
+        t->pid_err[i] = fd >= 0 ? 0 : fd;
+    }
+    t->nprocs = n;
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+int mp_target_set_nvml(struct mp_target *t, int on)
+{
+    int rc = 0;
+    pthread_mutex_lock(&t->lock);
+    if (on && !t->nvml_on)
+        rc = mp_nvml_open(&t->nvml);
+    else if (!on && t->nvml_on)
+        mp_nvml_close(&t->nvml);
+    t->nvml_on = on && rc == 0;
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+int mp_key_name(struct mp_target *t, int slot, int idx, char *out, int outlen)
+{
+    struct mp_kvtable *tab = slot_table(t, slot);
+    int n;
+
+    if (!tab || outlen <= 0)
+        return -EINVAL;
+    n = __atomic_load_n(&tab->n, __ATOMIC_ACQUIRE);
+    if (idx < 0 || idx >= n)
+        return -ENOENT;
+    if (tab->klen[idx] >= outlen)
+        return -ENAMETOOLONG;
+    memcpy(out, tab->keys[idx], (size_t)tab->klen[idx] + 1);
+    return tab->klen[idx];
+}
+
+int mp_key_is_kb(struct mp_target *t, int slot, int idx)
+{
+    struct mp_kvtable *tab = slot_table(t, slot);
+    if (!tab || idx < 0 || idx >= __atomic_load_n(&tab->n, __ATOMIC_ACQUIRE))
+        return -EINVAL;
+    return tab->kb[idx];
+}
+
+const char *mp_status_key(int idx)
+{
+    return (idx >= 0 && idx < MP_STATUS_KEYS) ? status_keys[idx] : NULL;
+}
+
+/* pread the whole file at offset 0 into t->buf.  Returns length or -errno.
+ * *full is set when the file did not fit (the text would be cut). */
+static int read_fd(struct mp_target *t, int fd, int *full)
+{
+    ssize_t n;
+
+    do
+        n = pread(fd, t->buf, MP_BUFSZ, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    *full = n == MP_BUFSZ;
+    return (int)n;
+}
+
+static void read_kv(struct mp_target *t, int slot, int64_t *vals, struct mp_filehdr *hdr)
+{
+    struct mp_kvtable *tab = slot_table(t, slot);
+    int full = 0, n;
+
+    memset(hdr, 0, sizeof(*hdr));
+    if (t->fd[slot] < 0) {
+        for (int i = 0; i < tab->max; i++)
+            vals[i] = MP_MISSING;
+        hdr->err = -EBADF;
+        hdr->nkeys = tab->n;
+        return;
+    }
+    n = read_fd(t, t->fd[slot], &full);
+    if (n < 0) {
+        for (int i = 0; i < tab->max; i++)
+            vals[i] = MP_MISSING;
+        hdr->err = n;
+        hdr->nkeys = tab->n;
+        return;
+    }
+    mp_parse_kv(t->buf, n, full, tab, vals, hdr);
+}
+
+static void read_single(struct mp_target *t, int slot, int64_t *val, struct mp_filehdr *hdr)
+{
+    int full = 0, n;
+
+    memset(hdr, 0, sizeof(*hdr));
+    *val = MP_MISSING;
+    if (t->fd[slot] < 0) {
+        hdr->err = -EBADF;
+        return;
+    }
+    n = read_fd(t, t->fd[slot], &full);
+    if (n < 0) {
+        hdr->err = n;
+        return;
+    }
+    hdr->err = mp_parse_single(t->buf, n, val);
+    if (hdr->err)
+        *val = MP_MISSING;
+}
+
+int mp_sample_once(struct mp_target *t, struct mp_sample *s)
+{
+    struct mp_filehdr ph;
+    int full, n;
+
+    pthread_mutex_lock(&t->lock);
+    s->mono_ns = now_ns(CLOCK_MONOTONIC);
+    s->wall_ns = now_ns(CLOCK_REALTIME);
+    read_kv(t, MP_SLOT_MEMINFO, s->meminfo, &s->hdr[MP_SLOT_MEMINFO]);
+    read_kv(t, MP_SLOT_VMSTAT, s->vmstat, &s->hdr[MP_SLOT_VMSTAT]);
+    read_kv(t, MP_SLOT_CG_STAT, s->cg_stat, &s->hdr[MP_SLOT_CG_STAT]);
+    read_kv(t, MP_SLOT_CG_EVENTS, s->cg_events, &s->hdr[MP_SLOT_CG_EVENTS]);
+    read_single(t, MP_SLOT_CG_CURRENT, &s->cg_current, &s->hdr[MP_SLOT_CG_CURRENT]);
+    read_single(t, MP_SLOT_CG_PEAK, &s->cg_peak, &s->hdr[MP_SLOT_CG_PEAK]);
+    read_single(t, MP_SLOT_CG_MAX, &s->cg_max, &s->hdr[MP_SLOT_CG_MAX]);
+    read_single(t, MP_SLOT_CG_HIGH, &s->cg_high, &s->hdr[MP_SLOT_CG_HIGH]);
+    read_single(t, MP_SLOT_CG_SWAP, &s->cg_swap, &s->hdr[MP_SLOT_CG_SWAP]);
+    read_single(t, MP_SLOT_CG_FAILCNT, &s->cg_failcnt, &s->hdr[MP_SLOT_CG_FAILCNT]);
+    read_single(t, MP_SLOT_CG_KMEM, &s->cg_kmem, &s->hdr[MP_SLOT_CG_KMEM]);
+
+    memset(&ph, 0, sizeof(ph));
+    for (int i = 0; i < MP_PRESSURE_VALUES; i++)
+        s->pressure[i] = MP_MISSING;
+    if (t->fd[MP_SLOT_CG_PRESSURE] < 0) {
+        ph.err = -EBADF;
+    } else if ((n = read_fd(t, t->fd[MP_SLOT_CG_PRESSURE], &full)) < 0) {
+        ph.err = n;
+    } else if ((ph.err = mp_parse_pressure(t->buf, n, s->pressure)) != 0) {
+        for (int i = 0; i < MP_PRESSURE_VALUES; i++)
+            s->pressure[i] = MP_MISSING;
+    }
+    s->hdr[MP_SLOT_CG_PRESSURE] = ph;
+
+    s->nprocs = t->nprocs;
+    for (int i = 0; i < t->nprocs; i++) {
+        struct mp_proc *p = &s->procs[i];
+        struct mp_kvtable st = {
+            .n = MP_STATUS_KEYS, .max = MP_STATUS_KEYS, .closed = 1,
+            .keys = t->status_keytab, .klen = t->status_klen, .kb = t->status_kb,
+        };
+        p->pid = t->pids[i];
+        memset(&p->status_hdr, 0, sizeof(p->status_hdr));
+        if (t->pid_fd[i] < 0) {
+            p->status_hdr.err = t->pid_err[i];
+        } else if ((n = read_fd(t, t->pid_fd[i], &full)) < 0) {
+            p->status_hdr.err = n;     /* ESRCH once the process has exited */
+        } else {
+            mp_parse_kv(t->buf, n, full, &st, p->status, &p->status_hdr);
+            continue;
+        }
+        for (int k = 0; k < MP_STATUS_KEYS; k++)
+            p->status[k] = MP_MISSING;
+    }
+
+    if (t->nvml_on) {
+        s->nvml_err = 0;
+        s->ngpus = mp_nvml_read(&t->nvml, s->gpus, MP_GPUS_MAX);
+        if (s->ngpus < 0) {
+            s->nvml_err = s->ngpus;
+            s->ngpus = 0;
+        }
+    } else {
+        s->nvml_err = -ENODATA;
+        s->ngpus = 0;
+    }
+    s->read_ns = now_ns(CLOCK_MONOTONIC) - s->mono_ns;
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+/* ---- sampling thread and ring ---- */
+
+static void *sampler_main(void *arg)
+{
+    struct mp_target *t = arg;
+    int64_t next = now_ns(CLOCK_MONOTONIC);
+
+    for (;;) {
+        struct timespec ts;
+        int64_t c0, c1;
+
+        pthread_mutex_lock(&t->ring_lock);
+        while (!t->stop) {
+            ts.tv_sec = next / 1000000000LL;
+            ts.tv_nsec = next % 1000000000LL;
+            if (pthread_cond_timedwait(&t->wake, &t->ring_lock, &ts) == ETIMEDOUT)
+                break;
+        }
+        if (t->stop) {
+            pthread_mutex_unlock(&t->ring_lock);
+            break;
+        }
+        pthread_mutex_unlock(&t->ring_lock);
+
+        c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+        mp_sample_once(t, &t->scratch);
+        pthread_mutex_lock(&t->ring_lock);
+        {
+            int slot = (t->head + t->count) % t->cap;
+            if (t->count == t->cap) {      /* full: overwrite the oldest, count it */
+                t->head = (t->head + 1) % t->cap;
+                t->dropped++;
+            } else {
+                t->count++;
+            }
+            memcpy(&t->ring[slot], &t->scratch, sizeof(t->scratch));
+        }
+        c1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+        t->cpu_ns += c1 - c0;
+        pthread_mutex_unlock(&t->ring_lock);
+
+        next += t->interval_ns;
+        {
+            int64_t now = now_ns(CLOCK_MONOTONIC);
+            if (next < now)            /* fell behind: skip missed ticks rather than burst */
+                next = now;
+        }
+    }
+    return NULL;
+}
+
+int mp_sampler_start(struct mp_target *t, int64_t interval_ns, int capacity)
+{
+    int rc;
+
+    if (t->running)
+        return -EBUSY;
+    if (interval_ns < 100000 || capacity < 1)   /* 10 kHz is the fastest we promise */
+        return -EINVAL;
+    free(t->ring);
+    t->ring = calloc((size_t)capacity, sizeof(struct mp_sample));
+    if (!t->ring)
+        return -ENOMEM;
+    t->cap = capacity;
+    t->head = t->count = 0;
+    t->dropped = 0;
+    t->cpu_ns = 0;
+    t->stop = 0;
+    t->interval_ns = interval_ns;
+    rc = pthread_create(&t->thr, NULL, sampler_main, t);
+    if (rc) {
+        free(t->ring);
+        t->ring = NULL;
+        return -rc;
+    }
+    t->running = 1;
+    return 0;
+}
+
+int mp_sampler_drain(struct mp_target *t, struct mp_sample *out, int max, uint64_t *dropped)
+{
+    int n = 0;
+
+    if (!t->ring)
+        return -EINVAL;
+    pthread_mutex_lock(&t->ring_lock);
+    while (n < max && t->count > 0) {
+        memcpy(&out[n++], &t->ring[t->head], sizeof(struct mp_sample));
+        t->head = (t->head + 1) % t->cap;
+        t->count--;
+    }
+    if (dropped)
+        *dropped = t->dropped;
+    pthread_mutex_unlock(&t->ring_lock);
+    return n;
+}
+
+int mp_sampler_stop(struct mp_target *t)
+{
+    if (!t->running)
+        return 0;
+    pthread_mutex_lock(&t->ring_lock);
+    t->stop = 1;
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->ring_lock);
+    pthread_join(t->thr, NULL);
+    t->running = 0;
+    return 0;
+}
+
+int64_t mp_sampler_cpu_ns(struct mp_target *t)
+{
+    int64_t v;
+    pthread_mutex_lock(&t->ring_lock);
+    v = t->cpu_ns;
+    pthread_mutex_unlock(&t->ring_lock);
+    return v;
+}
+
+int mp_parse_kv_buffer(const char *buf, int len, char *keys_out, int64_t *vals_out,
+                       uint8_t *kb_out, int maxkeys, struct mp_filehdr *hdr)
+{
+    int klen[MP_VMSTAT_KEYS];
+    struct mp_kvtable tab = {.max = maxkeys, .keys = (char (*)[MP_KEYLEN])keys_out,
+                             .klen = klen, .kb = kb_out};
+
+    if (maxkeys > MP_VMSTAT_KEYS || maxkeys < 1)
+        return -EINVAL;
+    mp_parse_kv(buf, len, 0, &tab, vals_out, hdr);
+    return tab.n;
+}

@@ -1,0 +1,54 @@
+"""memprobe snapshot: one full sample (host + target cgroup + its processes), as tables or JSON."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from . import EXIT_MISSING, EXIT_NOT_FOUND, CliError
+from .common import host_header, print_renderable
+
+
+def add_parser(sub):
+    p = sub.add_parser("snapshot", help="print one full sample of the host and a target cgroup")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--cgroup", metavar="PATH", help="memory cgroup path inside its hierarchy, e.g. /docker/<id>")
+    g.add_argument("--pid", type=int, help="a process: its memory cgroup and itself")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return p
+
+
+def run(args) -> int:
+    from ..samples import sample_to_dict
+    from ..sources.cgroupfs import CgroupFS, norm_path, parse_proc_cgroup
+    from ..sources.procfs import read_pid_cgroup
+    from ..sources.sampler import open_sampler
+    from ..views.snapshot import render_sample
+
+    cgfs = CgroupFS(args.cgroup_root)
+    cgroup, pids, target = args.cgroup, None, "host only (give --cgroup or --pid for a target)"
+    if args.pid is not None:
+        try:
+            version, cgroup = cgfs.memory_cgroup_of(parse_proc_cgroup(read_pid_cgroup(args.pid, args.proc)))
+        except FileNotFoundError:
+            raise CliError(f"no process {args.pid}", EXIT_NOT_FOUND)
+        if cgroup is None:
+            raise CliError(f"process {args.pid} has no memory cgroup (layout: {cgfs.layout.mode})", EXIT_MISSING)
+        pids = [args.pid]
+        target = f"pid {args.pid} in memory cgroup v{version} {cgroup}"
+    elif cgroup is not None:
+        if cgfs.layout.memory_version is None:
+            raise CliError(f"no memory cgroup hierarchy under {args.cgroup_root}", EXIT_MISSING)
+        d = cgfs.directory(cgroup)
+        if not os.path.isdir(d):
+            raise CliError(f"no such memory cgroup: {cgroup} (looked in {d})", EXIT_NOT_FOUND)
+        target = f"memory cgroup v{cgfs.layout.memory_version} {norm_path(cgroup)}"
+    with open_sampler(proc=args.proc, cgroup_root=args.cgroup_root, cgroup=cgroup, pids=pids) as smp:
+        s = smp.sample(detail=True)
+        header = host_header(smp.kind, target)
+    if args.json:
+        json.dump({"header": header, "sample": sample_to_dict(s)}, sys.stdout, indent=1)
+        print()
+    else:
+        print_renderable(render_sample(s, header))
+    return 0

@@ -1,0 +1,158 @@
+"""Sample types: what one reading of the machine holds.
+
+Stdlib dataclasses only, no behaviour beyond lookups. A value that could not be read
+is None, never 0: an accounting tool that writes 0 has invented a number. Everything
+in bytes is named *_bytes (or lives in a dict documented as bytes); kB from the kernel
+becomes bytes inside sources/ and nowhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Union
+
+# A limit file (memory.max, memory.high, v1 memory.limit_in_bytes): bytes, or the
+# string "max" when there is no limit, or None when it could not be read.
+Limit = Optional[Union[int, str]]
+UNLIMITED = "max"
+
+
+@dataclass
+class Meminfo:
+    """/proc/meminfo, every field. `bytes` holds the fields the kernel prints in kB,
+    converted to bytes; `counts` holds the unitless ones (HugePages_Total/Free/Rsvd/Surp)."""
+    bytes: dict[str, int]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def get(self, key: str) -> Optional[int]:
+        return self.bytes.get(key)
+
+
+@dataclass
+class Vmstat:
+    """/proc/vmstat. Kernel names: nr_* are page counts, the rest are event counters."""
+    counters: dict[str, int]
+
+
+@dataclass
+class Pressure:
+    """memory.pressure (PSI): averages in percent, totals in microseconds. `full_*` are
+    None where the file has no full line."""
+    some_avg10: Optional[float] = None
+    some_avg60: Optional[float] = None
+    some_avg300: Optional[float] = None
+    some_total_us: Optional[int] = None
+    full_avg10: Optional[float] = None
+    full_avg60: Optional[float] = None
+    full_avg300: Optional[float] = None
+    full_total_us: Optional[int] = None
+
+
+@dataclass
+class CgroupSample:
+    """One memory cgroup. v2 names throughout; on cgroup v1 only the fields whose meaning
+    matches are filled (mapping in docs/snapshot.md and sources/cgroupfs.py), the rest
+    stay None. `stat` and `peak_bytes` are hierarchical (this cgroup and its descendants)
+    on both versions."""
+    path: str                         # inside its hierarchy, "/" for the root
+    version: int                      # 2 or 1
+    current_bytes: Optional[int] = None
+    peak_bytes: Optional[int] = None
+    max_bytes: Limit = None
+    high_bytes: Limit = None
+    swap_current_bytes: Optional[int] = None
+    stat: Optional[dict[str, int]] = None        # memory.stat, v2 key names, bytes or events
+    events: Optional[dict[str, int]] = None      # memory.events
+    numa_stat: Optional[dict[str, dict[int, int]]] = None   # key -> NUMA node -> bytes
+    pressure: Optional[Pressure] = None
+    procs: Optional[list[int]] = None            # cgroup.procs of this cgroup only
+    v1_stat: Optional[dict[str, int]] = None     # v1 only: memory.stat as the kernel printed it
+
+    def stat_get(self, key: str) -> Optional[int]:
+        return None if self.stat is None else self.stat.get(key)
+
+
+@dataclass
+class ProcessSample:
+    """One process, from /proc/<pid>/status (and smaps_rollup when asked for)."""
+    pid: int                                   # host PID
+    ns_pids: Optional[list[int]] = None        # NSpid: host PID first, innermost namespace last
+    comm: Optional[str] = None
+    rss_bytes: Optional[int] = None            # VmRSS
+    rss_anon_bytes: Optional[int] = None       # RssAnon
+    rss_file_bytes: Optional[int] = None       # RssFile
+    rss_shmem_bytes: Optional[int] = None      # RssShmem
+    swap_bytes: Optional[int] = None           # VmSwap
+    hwm_bytes: Optional[int] = None            # VmHWM (peak RSS)
+    vm_size_bytes: Optional[int] = None        # VmSize
+    pte_bytes: Optional[int] = None            # VmPTE
+    smaps_rollup: Optional[dict[str, int]] = None   # every field of smaps_rollup, bytes
+
+    @property
+    def container_pid(self) -> Optional[int]:
+        """PID inside the innermost PID namespace (equals pid outside containers)."""
+        return self.ns_pids[-1] if self.ns_pids else None
+
+
+@dataclass
+class GpuProcess:
+    pid: int                                   # host PID, as NVML reports it
+    kind: str                                  # "compute", "graphics" or "mps"
+    used_bytes: Optional[int]                  # None: NVML_VALUE_NOT_AVAILABLE
+
+
+@dataclass
+class GpuSample:
+    """One GPU's memory as NVML reports it. None where NVML said NOT_SUPPORTED (GB10)."""
+    index: int
+    total_bytes: Optional[int] = None
+    free_bytes: Optional[int] = None
+    used_bytes: Optional[int] = None
+    reserved_bytes: Optional[int] = None
+    memory_error: Optional[str] = None         # e.g. "NOT_SUPPORTED"
+    processes: Optional[list[GpuProcess]] = None
+    processes_error: Optional[str] = None
+
+
+@dataclass
+class Sample:
+    """Host + one target cgroup + its processes (+ GPUs) at one instant."""
+    mono_ns: int                               # CLOCK_MONOTONIC at the start of the reading
+    wall_ns: int                               # CLOCK_REALTIME at the start of the reading
+    meminfo: Optional[Meminfo] = None
+    vmstat: Optional[Vmstat] = None
+    cgroup: Optional[CgroupSample] = None
+    processes: list[ProcessSample] = field(default_factory=list)
+    gpus: Optional[list[GpuSample]] = None     # None: NVML not read; [] : no GPU
+    read_ns: Optional[int] = None              # how long the reading took
+    notes: list[str] = field(default_factory=list)   # what was missing, and why
+
+
+def sample_to_dict(s: Sample) -> dict:
+    """Plain dict (JSON-ready apart from int keys in numa_stat, which json turns into str)."""
+    return asdict(s)
+
+
+def sample_from_dict(d: dict) -> Sample:
+    """Inverse of sample_to_dict, also for dicts that went through JSON."""
+    d = dict(d)
+    if d.get("meminfo") is not None:
+        d["meminfo"] = Meminfo(**d["meminfo"])
+    if d.get("vmstat") is not None:
+        d["vmstat"] = Vmstat(**d["vmstat"])
+    if d.get("cgroup") is not None:
+        cg = dict(d["cgroup"])
+        if cg.get("pressure") is not None:
+            cg["pressure"] = Pressure(**cg["pressure"])
+        if cg.get("numa_stat") is not None:
+            cg["numa_stat"] = {k: {int(n): v for n, v in nodes.items()} for k, nodes in cg["numa_stat"].items()}
+        d["cgroup"] = CgroupSample(**cg)
+    d["processes"] = [ProcessSample(**p) for p in d.get("processes") or []]
+    if d.get("gpus") is not None:
+        gpus = []
+        for g in d["gpus"]:
+            g = dict(g)
+            if g.get("processes") is not None:
+                g["processes"] = [GpuProcess(**p) for p in g["processes"]]
+            gpus.append(GpuSample(**g))
+        d["gpus"] = gpus
+    return Sample(**d)

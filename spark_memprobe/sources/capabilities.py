@@ -1,0 +1,70 @@
+"""What this host allows: each check says what it found and what its absence costs.
+
+Used by `memprobe doctor` and written into every recording's header, so a report can say
+what was not measured."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from .cgroupfs import detect_layout
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str          # what was found
+    cost: str = ""       # what is lost when not ok
+
+
+def check_root() -> Check:
+    root = os.geteuid() == 0
+    return Check("root", root, "running as root" if root else f"running as uid {os.geteuid()}",
+                 "cannot create cgroups, load eBPF probes, or read other users' /proc/<pid> files")
+
+
+def check_cgroups(root: str = "/sys/fs/cgroup") -> Check:
+    lay = detect_layout(root)
+    where = {2: f"cgroup v2 at {lay.v2_root}", 1: f"cgroup v1 at {lay.v1_memory_root}"}.get(
+        lay.memory_version, "no memory controller found")
+    return Check("cgroups", lay.memory_version is not None, f"layout {lay.mode}; memory controller: {where}",
+                 "no per-container accounting: only host-wide /proc numbers")
+
+
+def check_native() -> Check:
+    from .sampler import native_available
+    ok, why = native_available()
+    return Check("native sampler", ok, why,
+                 "pure-Python readers are used: same numbers, about 5x the CPU per sample")
+
+
+def check_tracefs(path: str = "/sys/kernel/tracing") -> Check:
+    ok = os.path.isdir(f"{path}/events")
+    return Check("tracefs", ok, f"{path} mounted" if ok else f"{path}/events not found",
+                 "no tracepoints or uprobes: eBPF attribution is off "
+                 "(mount -t tracefs tracefs /sys/kernel/tracing)")
+
+
+def check_btf(path: str = "/sys/kernel/btf/vmlinux") -> Check:
+    ok = os.path.exists(path)
+    return Check("kernel BTF", ok, path if ok else f"{path} missing",
+                 "kernel struct layouts unknown to BPF; probes then rely on helpers and tracepoint fields only")
+
+
+CHECKS: list[Callable[[], Check]] = [check_root, check_cgroups, check_native, check_tracefs, check_btf]
+
+
+def run_checks(checks=None) -> list[Check]:
+    out = []
+    for fn in checks or CHECKS:
+        try:
+            out.append(fn())
+        except Exception as e:  # noqa: BLE001 - a broken probe is itself a finding
+            out.append(Check(fn.__name__.removeprefix("check_"), False, f"check failed: {e!r}"))
+    return out
+
+
+def checks_to_dicts(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]

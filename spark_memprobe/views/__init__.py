@@ -1,0 +1,1 @@
+"""Views: render samples and ledgers (text, Rich, JSON, reports, metrics). Never read the machine."""

@@ -1,0 +1,88 @@
+"""Render one Sample as text tables (Rich; plain text when not on a terminal)."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..samples import Sample
+from .fmt import MISSING, fmt_bytes, fmt_int
+
+HOST_KEYS = ["MemTotal", "MemFree", "MemAvailable", "Cached", "Buffers", "Shmem", "Mapped",
+             "AnonPages", "Slab", "KernelStack", "PageTables", "SwapTotal", "SwapFree"]
+CG_STAT_KEYS = ["anon", "file", "kernel", "shmem", "file_mapped", "file_dirty", "active_file",
+                "inactive_file", "active_anon", "inactive_anon", "slab", "pagetables", "sock",
+                "percpu", "vmalloc", "anon_thp", "file_thp", "unevictable"]
+
+
+def _kv_table(title: str, pairs: list[tuple[str, str]], columns: int = 3) -> Table:
+    t = Table(title=title, title_justify="left", box=box.SIMPLE, show_header=False, pad_edge=False)
+    for _ in range(columns):
+        t.add_column(style="bold")
+        t.add_column(justify="right")
+    for i in range(0, len(pairs), columns):
+        row = []
+        for k, v in pairs[i:i + columns]:
+            row += [k, v]
+        row += [""] * (2 * columns - len(row))
+        t.add_row(*row)
+    return t
+
+
+def render_sample(s: Sample, header: dict) -> Group:
+    """header: host, kernel, sampler, target description (strings)."""
+    parts = []
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.wall_ns / 1e9))
+    parts.append(Text(f"memprobe snapshot  {when}  host {header.get('host', MISSING)}  "
+                      f"kernel {header.get('kernel', MISSING)}  sampler {header.get('sampler', MISSING)}"
+                      f"  read in {s.read_ns / 1e3:.0f} us" if s.read_ns else ""))
+    if header.get("target"):
+        parts.append(Text(f"target: {header['target']}"))
+    if s.meminfo is not None:
+        parts.append(_kv_table("host: /proc/meminfo",
+                               [(k, fmt_bytes(s.meminfo.get(k))) for k in HOST_KEYS if k in s.meminfo.bytes]))
+    if s.cgroup is not None:
+        cg = s.cgroup
+        pairs = [("memory.current" if cg.version == 2 else "usage_in_bytes", fmt_bytes(cg.current_bytes)),
+                 ("peak", fmt_bytes(cg.peak_bytes)), ("max", fmt_bytes(cg.max_bytes)),
+                 ("high", fmt_bytes(cg.high_bytes)), ("swap", fmt_bytes(cg.swap_current_bytes))]
+        if cg.stat:
+            pairs += [(k, fmt_bytes(cg.stat[k])) for k in CG_STAT_KEYS if k in cg.stat]
+        if cg.events:
+            pairs += [(f"events.{k}", fmt_int(v)) for k, v in cg.events.items()]
+        parts.append(_kv_table(f"cgroup v{cg.version} {cg.path}", pairs))
+    if s.processes:
+        t = Table(title=f"processes ({len(s.processes)})", title_justify="left", box=box.SIMPLE)
+        for c in ("pid", "ns pid", "comm", "rss", "anon", "file", "shmem", "swap"):
+            t.add_column(c, justify="left" if c == "comm" else "right")
+        for p in s.processes:
+            t.add_row(str(p.pid), MISSING if p.container_pid is None else str(p.container_pid), p.comm or MISSING, fmt_bytes(p.rss_bytes),
+                      fmt_bytes(p.rss_anon_bytes), fmt_bytes(p.rss_file_bytes),
+                      fmt_bytes(p.rss_shmem_bytes), fmt_bytes(p.swap_bytes))
+        parts.append(t)
+    parts.append(render_gpus(s))
+    if s.notes:
+        parts.append(Text("notes:\n" + "\n".join(f"  - {n}" for n in s.notes)))
+    return Group(*parts)
+
+
+def render_gpus(s: Sample, extra: Optional[list[str]] = None):
+    if s.gpus is None:
+        return Text("gpus: NVML not read" + ("" if not extra else "; " + "; ".join(extra)))
+    if not s.gpus:
+        return Text("gpus: none found by NVML")
+    t = Table(title="gpus (NVML)", title_justify="left", box=box.SIMPLE)
+    for c in ("gpu", "total", "used", "free", "reserved", "processes"):
+        t.add_column(c, justify="right")
+    for g in s.gpus:
+        procs = ", ".join(f"{p.pid}:{fmt_bytes(p.used_bytes)}" for p in (g.processes or [])) or MISSING
+        if g.memory_error:
+            t.add_row(str(g.index), g.memory_error, g.memory_error, g.memory_error, g.memory_error, procs)
+        else:
+            t.add_row(str(g.index), fmt_bytes(g.total_bytes), fmt_bytes(g.used_bytes), fmt_bytes(g.free_bytes),
+                      fmt_bytes(g.reserved_bytes), procs)
+    return t
