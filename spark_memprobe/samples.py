@@ -114,6 +114,46 @@ class GpuSample:
 
 
 @dataclass
+class GpuInfo:
+    """What does not change while a GPU is watched (read once, kept in headers)."""
+    index: int
+    name: Optional[str] = None
+    uuid: Optional[str] = None
+    pci_bus_id: Optional[str] = None
+    memory_total_bytes: Optional[int] = None
+    addressing_mode: Optional[str] = None      # "NONE", "HMM", "ATS" (NVML R580+); None before
+    c2c_enabled: Optional[bool] = None         # NVLink-C2C to the CPU (GH200/GB200)
+    numa_node: Optional[int] = None            # the GPU's own NUMA node (coherent hosts)
+    integrated: Optional[bool] = None          # CUDA integrated attribute (GB10), when obtainable
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlatformProfile:
+    """How CPU and GPU memory relate on this host, decided from readings (never names).
+    kind: "discrete" (own HBM, addressing NONE), "integrated" (GPU memory is system RAM:
+    GB10), "coherent-numa" (GPU memory is a NUMA node: GH200/GB200), "no-gpu", "unknown"."""
+    kind: str
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HostInfo:
+    """Static facts about the host, for headers of snapshots and recordings."""
+    hostname: Optional[str] = None
+    kernel: Optional[str] = None
+    machine: Optional[str] = None
+    page_size: Optional[int] = None
+    cgroup_layout: Optional[str] = None        # "v2", "v1", "hybrid", "none"
+    driver_version: Optional[str] = None
+    nvml_version: Optional[str] = None
+    cuda_driver_version: Optional[int] = None  # e.g. 13000
+    gpus: list[GpuInfo] = field(default_factory=list)
+    platform: Optional[PlatformProfile] = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Sample:
     """Host + one target cgroup + its processes (+ GPUs) at one instant."""
     mono_ns: int                               # CLOCK_MONOTONIC at the start of the reading
