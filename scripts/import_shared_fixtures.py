@@ -60,6 +60,9 @@ def import_inference_scenario(src, dst, controllers):
                 rel = os.path.relpath(fs, s)
                 if rel in ("meminfo", "vmstat"):
                     copy(fs, os.path.join(d, "proc", rel))
+                elif rel.startswith("cgroup/engine/"):
+                    # the engine's /proc/<pid>/cgroup says 0::/memprobe_engine: put it where it was
+                    copy(fs, os.path.join(d, "cgroup", "memprobe_engine", rel[len("cgroup/engine/"):]))
                 else:
                     copy(fs, os.path.join(d, rel))
 
@@ -80,7 +83,10 @@ def main():
             f.write(f"Imported from shared/fixtures/{name} by scripts/import_shared_fixtures.py: files copied\n"
                     "byte for byte into a proc/ and cgroup/ root tree per step (see the script's docstring).\n"
                     + ("cgroup/cgroup.controllers of each step is the root.cgroup.controllers of\n"
-                       "h100-cgroup2-scenario (same host, same boot).\n" if name == b else ""))
+                       "h100-cgroup2-scenario (same host, same boot). The captured cgroup/engine/ folder is\n"
+                       "cgroup/memprobe_engine/ here: the engine's /proc/<pid>/cgroup names that path.\n"
+                       "cgroup/warmer/ keeps its captured name (its real path was not captured).\n"
+                       if name == b else ""))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ class GpuProcess:
     pid: int                                   # host PID, as NVML reports it
     kind: str                                  # "compute", "graphics" or "mps"
     used_bytes: Optional[int]                  # None: NVML_VALUE_NOT_AVAILABLE
+    owner_cgroup: Optional[str] = None         # memory cgroup of the PID (/proc/<pid>/cgroup)
+    ns_pids: Optional[list[int]] = None        # NSpid: host PID first, innermost namespace last
 
 
 @dataclass
