@@ -113,6 +113,8 @@ int64_t mp_sampler_cpu_ns(struct mp_target *t);
  * and fuzz tests to run the exact C parser on any bytes. */
 int mp_parse_kv_buffer(const char *buf, int len, char *keys_out, int64_t *vals_out,
                        uint8_t *kb_out, int maxkeys, struct mp_filehdr *hdr);
+int mp_parse_single(const char *buf, int len, int64_t *val);
+int mp_parse_pressure(const char *buf, int len, int64_t *out);
 /* CDEF END */
 
 #endif

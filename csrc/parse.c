@@ -208,7 +208,7 @@ static int parse_psi_line(const char *p, const char *end, int64_t out[4])
     return p == end ? 0 : -1;
 }
 
-int mp_parse_pressure(const char *buf, int len, int64_t out[8])
+int mp_parse_pressure(const char *buf, int len, int64_t *out)
 {
     const char *p = buf, *end = buf + len;
     int good = 0;

@@ -17,6 +17,4 @@ struct mp_kvtable {
 
 void mp_parse_kv(const char *buf, int len, int full, struct mp_kvtable *t, int64_t *vals,
                  struct mp_filehdr *hdr);
-int mp_parse_single(const char *buf, int len, int64_t *val);
-int mp_parse_pressure(const char *buf, int len, int64_t out[8]);
 #endif

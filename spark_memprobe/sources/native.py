@@ -13,7 +13,7 @@ from .._native import ffi, lib  # ImportError when not built: callers fall back
 from ..samples import GpuProcess, GpuSample, ProcessSample, Sample, Vmstat
 from .cgroupfs import cgroup_sample_from_raw
 from .parse import KvParse
-from .procfs import STATUS_FIELDS, meminfo_from_kv, status_fields
+from .procfs import MALFORMED_KV, STATUS_FIELDS, meminfo_from_kv, note_kv_problems, status_fields
 from .sampler import BaseSampler
 
 MISSING = lib.MP_MISSING
@@ -38,9 +38,6 @@ NVML_ERRORS = {1: "UNINITIALIZED", 2: "INVALID_ARGUMENT", 3: "NOT_SUPPORTED", 4:
                6: "NOT_FOUND", 9: "DRIVER_NOT_LOADED", 13: "FUNCTION_NOT_FOUND", 15: "GPU_IS_LOST",
                18: "LIB_RM_VERSION_MISMATCH", 999: "UNKNOWN"}
 GPU_PROC_KINDS = ("compute", "graphics", "mps")
-
-
-MALFORMED_KV = "no line in the expected 'key value' form"      # as procfs.checked_kv says it
 
 
 class NativeSampler(BaseSampler):
@@ -105,10 +102,7 @@ class NativeSampler(BaseSampler):
             if v != MISSING:
                 out.values[k] = v
                 out.kb[k] = unit
-        if h.bad_lines:
-            notes.append(f"{path}: skipped {h.bad_lines} malformed line(s)")
-        if h.truncated:
-            notes.append(f"{path}: text was cut (last line had no newline); dropped it")
+        note_kv_problems(path, h.bad_lines, bool(h.truncated), notes)
         return out
 
     def to_sample(self, c) -> Sample:
@@ -130,8 +124,8 @@ class NativeSampler(BaseSampler):
                 continue
             vals = {k: v for k, v in zip(STATUS_KEYS, ffi.unpack(p.status, lib.MP_STATUS_KEYS))
                     if v != MISSING}
-            if p.status_hdr.bad_lines:
-                s.notes.append(f"{self.proc}/{p.pid}/status: skipped {p.status_hdr.bad_lines} malformed line(s)")
+            note_kv_problems(f"{self.proc}/{p.pid}/status", p.status_hdr.bad_lines,
+                             bool(p.status_hdr.truncated), s.notes)
             s.processes.append(ProcessSample(pid=p.pid, **status_fields(vals)))
         if c.nvml_err != -errno.ENODATA:
             s.gpus = self._gpus(c, s)

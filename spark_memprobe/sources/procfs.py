@@ -47,15 +47,22 @@ def pread_all(fd: int, size: int = 65536) -> bytes:
         off += len(b)
 
 
+MALFORMED_KV = "no line in the expected 'key value' form"
+
+
+def note_kv_problems(path: str, bad_lines: int, truncated: bool, notes: Optional[list[str]]) -> None:
+    if notes is not None:
+        if bad_lines:
+            notes.append(f"{path}: skipped {bad_lines} malformed line(s)")
+        if truncated:
+            notes.append(f"{path}: text was cut (last line had no newline); dropped it")
+
+
 def checked_kv(path: str, data: bytes, notes: Optional[list[str]], wanted=None) -> KvParse:
     kv = parse_kv(data, wanted)
     if wanted is None and not kv.values:
-        raise MalformedFile(path, "no line in the expected 'key value' form")
-    if notes is not None:
-        if kv.bad_lines:
-            notes.append(f"{path}: skipped {kv.bad_lines} malformed line(s)")
-        if kv.truncated:
-            notes.append(f"{path}: text was cut (last line had no newline); dropped it")
+        raise MalformedFile(path, MALFORMED_KV)
+    note_kv_problems(path, kv.bad_lines, kv.truncated, notes)
     return kv
 
 

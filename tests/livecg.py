@@ -1,0 +1,104 @@
+"""Real memory cgroups and a child process that allocates known sizes inside one.
+
+Works on whichever hierarchy holds this host's memory controller (v1 on hybrid hosts,
+v2 on pure v2 hosts). Used by live tests; everything created is removed in cleanup()."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+from spark_memprobe.sources.cgroupfs import CgroupFS
+
+MiB = 1 << 20
+
+# The child: joins the cgroup, then obeys "anon N", "read PATH", "free", "exit" on stdin,
+# answering "ok" after each so the test knows the memory is in place.
+CHILD = r"""
+import os, sys
+open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+keep = []
+print("ok", flush=True)
+for line in sys.stdin:
+    cmd, *arg = line.split()
+    if cmd == "anon":
+        b = bytearray(int(arg[0]))
+        b[::4096] = b"\1" * len(range(0, len(b), 4096))   # touch every page
+        keep.append(b)
+    elif cmd == "read":
+        with open(arg[0], "rb") as f:
+            while f.read(1 << 20):
+                pass
+    elif cmd == "free":
+        keep.clear()
+    elif cmd == "exit":
+        break
+    print("ok", flush=True)
+"""
+
+
+def fresh_file(directory: str, size: int) -> str:
+    """A file of `size` bytes whose pages are NOT in the page cache, so that the next
+    reader's cgroup is charged for them (first touch owns the page)."""
+    path = os.path.join(directory, f"memprobe-test-{uuid.uuid4().hex[:8]}.bin")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        chunk = os.urandom(MiB)
+        for _ in range(size // MiB):
+            os.write(fd, chunk)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # clean pages leave the cache
+    finally:
+        os.close(fd)
+    return path
+
+
+class LiveCgroup:
+    def __init__(self, cgroup_root: str = "/sys/fs/cgroup", parent: str = "/"):
+        self.cgfs = CgroupFS(cgroup_root)
+        if self.cgfs.layout.memory_version is None:
+            raise RuntimeError("no memory controller on this host")
+        self.version = self.cgfs.layout.memory_version
+        self.path = os.path.join(parent, f"memprobe-test-{uuid.uuid4().hex[:10]}")
+        self.dir = self.cgfs.directory(self.path)
+        os.mkdir(self.dir, 0o755)
+        self.child = None
+
+    def start_child(self) -> int:
+        self.child = subprocess.Popen([sys.executable, "-c", CHILD, self.dir], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        self._wait_ok()
+        return self.child.pid
+
+    def _wait_ok(self):
+        line = self.child.stdout.readline()
+        if line.strip() != "ok":
+            raise RuntimeError(f"child said {line!r}")
+
+    def do(self, cmd: str) -> None:
+        self.child.stdin.write(cmd + "\n")
+        self.child.stdin.flush()
+        self._wait_ok()
+
+    def set(self, name: str, value: str) -> None:
+        with open(f"{self.dir}/{name}", "w") as f:
+            f.write(value)
+
+    def stop_child(self) -> None:
+        if self.child and self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+
+    def cleanup(self) -> None:
+        self.stop_child()
+        for _ in range(50):          # rmdir fails with EBUSY until the killed task is gone
+            try:
+                os.rmdir(self.dir)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"could not remove {self.dir}")
