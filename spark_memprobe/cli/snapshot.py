@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 
 from . import EXIT_MISSING, EXIT_NOT_FOUND, CliError
 from .common import host_header, print_renderable
@@ -22,6 +23,8 @@ def run(args) -> int:
     from ..samples import sample_to_dict
     from ..sources.cgroupfs import CgroupFS, norm_path, parse_proc_cgroup
     from ..sources.procfs import read_pid_cgroup
+    from ..sources.nvml import NvmlReader
+    from ..sources.platform import read_host_info
     from ..sources.sampler import open_sampler
     from ..views.snapshot import render_sample
 
@@ -43,12 +46,18 @@ def run(args) -> int:
         if not os.path.isdir(d):
             raise CliError(f"no such memory cgroup: {cgroup} (looked in {d})", EXIT_NOT_FOUND)
         target = f"memory cgroup v{cgfs.layout.memory_version} {norm_path(cgroup)}"
-    with open_sampler(proc=args.proc, cgroup_root=args.cgroup_root, cgroup=cgroup, pids=pids) as smp:
-        s = smp.sample(detail=True)
-        header = host_header(smp.kind, target)
+    nvml = NvmlReader()
+    try:
+        with open_sampler(proc=args.proc, cgroup_root=args.cgroup_root, cgroup=cgroup, pids=pids,
+                          nvml=True) as smp:
+            s = smp.sample(detail=True)
+        host = read_host_info(cgfs.layout.mode, nvml, s.gpus)
+    finally:
+        nvml.close()
+    header = host_header(smp.kind, target)
     if args.json:
-        json.dump({"header": header, "sample": sample_to_dict(s)}, sys.stdout, indent=1)
+        json.dump({"header": header, "host": asdict(host), "sample": sample_to_dict(s)}, sys.stdout, indent=1)
         print()
     else:
-        print_renderable(render_sample(s, header))
+        print_renderable(render_sample(s, header, host))
     return 0

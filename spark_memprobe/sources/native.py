@@ -43,7 +43,7 @@ GPU_PROC_KINDS = ("compute", "graphics", "mps")
 class NativeSampler(BaseSampler):
     kind = "native"
 
-    def __init__(self, *a, nvml: bool = False, **kw):
+    def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.t = ffi.gc(lib.mp_target_new(), lib.mp_target_free)
         if self.t == ffi.NULL:
@@ -55,10 +55,12 @@ class NativeSampler(BaseSampler):
             self._set(role, path)
         self._names: dict[str, list[str]] = {k: [] for k in KV_FIELDS}
         self._kb: dict[str, list[bool]] = {k: [] for k in KV_FIELDS}
-        self.nvml_error: Optional[int] = None
-        if nvml:
+        self.nvml_error: Optional[str] = None
+        if self.want_nvml:
             rc = lib.mp_target_set_nvml(self.t, 1)
-            self.nvml_error = rc or None
+            if rc:
+                self.nvml_error = ("no NVIDIA driver (libnvidia-ml.so.1 not found)" if rc == -errno.ENOENT
+                                   else "nvmlInit failed")
         self._buf = ffi.new("struct mp_sample *")
         self.refresh_pids()
 
@@ -127,7 +129,10 @@ class NativeSampler(BaseSampler):
             note_kv_problems(f"{self.proc}/{p.pid}/status", p.status_hdr.bad_lines,
                              bool(p.status_hdr.truncated), s.notes)
             s.processes.append(ProcessSample(pid=p.pid, **status_fields(vals)))
-        if c.nvml_err != -errno.ENODATA:
+        if self.nvml_error:
+            s.gpus = []
+            s.notes.append(f"NVML not read: {self.nvml_error}")
+        elif c.nvml_err != -errno.ENODATA:
             s.gpus = self._gpus(c, s)
         return s
 

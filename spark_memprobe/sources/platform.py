@@ -56,8 +56,10 @@ def detect_platform(infos: list[GpuInfo], gpus: Optional[list[GpuSample]],
     return PlatformProfile(kinds.pop(), evidence)
 
 
-def read_host_info(cgroup_layout: Optional[str] = None, nvml=None, gpus=None) -> HostInfo:
-    """Static host facts; with an NvmlReader, the driver, GPUs and platform profile too."""
+def read_host_info(cgroup_layout: Optional[str] = None, nvml=None, gpus=None, cuda: bool = True) -> HostInfo:
+    """Static host facts; with an NvmlReader, the driver, GPUs and platform profile too.
+    With cuda=True and GPUs present, CUDA's `integrated` attribute is asked from a
+    short-lived subprocess (no context is created)."""
     u = os.uname()
     h = HostInfo(hostname=u.nodename, kernel=u.release, machine=u.machine,
                  page_size=os.sysconf("SC_PAGE_SIZE"), cgroup_layout=cgroup_layout)
@@ -69,6 +71,14 @@ def read_host_info(cgroup_layout: Optional[str] = None, nvml=None, gpus=None) ->
     v = nvml.versions()
     h.driver_version, h.nvml_version, h.cuda_driver_version = v["driver_version"], v["nvml_version"], v["cuda_driver_version"]
     h.gpus = nvml.infos() if not nvml.error else []
+    if cuda and h.gpus:
+        from .cuda_probe import integrated_by_uuid, probe_cuda
+        probe = probe_cuda()
+        if "error" in probe:
+            h.notes.append(f"CUDA attributes not read: {probe['error']}")
+        flags = integrated_by_uuid(probe)
+        for g in h.gpus:
+            g.integrated = flags.get(g.uuid)
     h.platform = detect_platform(h.gpus, gpus if gpus is not None else (nvml.read() if not nvml.error else None),
                                  nvml.error)
     return h

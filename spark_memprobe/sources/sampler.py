@@ -14,7 +14,7 @@ import time
 from typing import Optional
 
 from ..samples import ProcessSample, Sample
-from .cgroupfs import CgroupFS, cgroup_sample_from_raw, list_procs, norm_path, parse_role
+from .cgroupfs import CgroupFS, cgroup_sample_from_raw, list_procs, norm_path, parse_proc_cgroup, parse_role
 from .parse import MalformedFile
 from .procfs import (STATUS_FIELDS, checked_kv, meminfo_from_kv, parse_status_identity,
                      pread_all, read_file, read_smaps_rollup, status_fields)
@@ -34,8 +34,9 @@ class BaseSampler:
 
     def __init__(self, proc: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
                  cgroup: Optional[str] = None, version: Optional[int] = None,
-                 pids: Optional[list[int]] = None):
+                 pids: Optional[list[int]] = None, nvml: bool = False):
         self.proc = proc
+        self.want_nvml = nvml
         self.cgfs = CgroupFS(cgroup_root)
         self.cgroup = norm_path(cgroup) if cgroup is not None else None
         self.version = version or self.cgfs.layout.memory_version
@@ -102,12 +103,26 @@ class BaseSampler:
             except (OSError, MalformedFile) as e:
                 s.notes.append(f"{self.proc}/{p.pid}/smaps_rollup: {getattr(e, 'reason', None) or e.strerror}")
 
+    def owner(self, pid: int) -> tuple:
+        """(memory cgroup path, NSpid) of any host PID, e.g. one NVML lists; cached."""
+        key = ("owner", pid)
+        if key not in self._identity:
+            try:
+                cg = self.cgfs.memory_cgroup_of(parse_proc_cgroup(read_file(f"{self.proc}/{pid}/cgroup")))[1]
+            except OSError:
+                cg = None
+            self._identity[key] = (cg, self.identity(pid)[1])
+        return self._identity[key]
+
     def finish(self, s: Sample) -> Sample:
         if self.pids_truncated:
             s.notes.append(f"{self.pids_truncated} more processes in the cgroup than the "
                            f"{PROCS_MAX} followed per tick; their RSS is not in the sum")
         for p in s.processes:
             p.comm, p.ns_pids = self.identity(p.pid)
+        for g in s.gpus or []:
+            for gp in g.processes or []:
+                gp.owner_cgroup, gp.ns_pids = self.owner(gp.pid)
         return s
 
     def note_cgroup_error(self, s: Sample, err: int) -> None:
@@ -141,6 +156,10 @@ class PureSampler(BaseSampler):
             except OSError as e:
                 self.open_errors[role] = e.errno
         self.pid_fds: dict[int, int] = {}
+        self.nvml = None
+        if self.want_nvml:
+            from .nvml import NvmlReader
+            self.nvml = NvmlReader()
         self.refresh_pids()
 
     def _apply_pids(self, pids: list[int]) -> None:
@@ -174,6 +193,12 @@ class PureSampler(BaseSampler):
             s.cgroup = self._sample_cgroup(s)
         for pid in self.pids:
             s.processes.append(self._sample_pid(pid, s))
+        if self.nvml is not None:
+            if self.nvml.error:
+                s.gpus = []
+                s.notes.append(f"NVML not read: {self.nvml.error}")
+            else:
+                s.gpus = self.nvml.read()
         s.read_ns = time.monotonic_ns() - s.mono_ns
         if detail:
             self.add_detail(s)
@@ -212,6 +237,9 @@ class PureSampler(BaseSampler):
         for fd in list(self.fds.values()) + [fd for fd in self.pid_fds.values() if fd >= 0]:
             os.close(fd)
         self.fds, self.pid_fds = {}, {}
+        if self.nvml is not None:
+            self.nvml.close()
+            self.nvml = None
 
 
 def native_available() -> tuple[bool, str]:

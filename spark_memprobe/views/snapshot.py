@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..samples import Sample
+from ..samples import HostInfo, Sample
 from .fmt import MISSING, fmt_bytes, fmt_int
 
 HOST_KEYS = ["MemTotal", "MemFree", "MemAvailable", "Cached", "Buffers", "Shmem", "Mapped",
@@ -33,8 +33,8 @@ def _kv_table(title: str, pairs: list[tuple[str, str]], columns: int = 3) -> Tab
     return t
 
 
-def render_sample(s: Sample, header: dict) -> Group:
-    """header: host, kernel, sampler, target description (strings)."""
+def render_sample(s: Sample, header: dict, host: Optional[HostInfo] = None) -> Group:
+    """header: host, kernel, sampler, target description (strings); host: static facts."""
     parts = []
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.wall_ns / 1e9))
     parts.append(Text(f"memprobe snapshot  {when}  host {header.get('host', MISSING)}  "
@@ -42,6 +42,8 @@ def render_sample(s: Sample, header: dict) -> Group:
                       f"  read in {s.read_ns / 1e3:.0f} us" if s.read_ns else ""))
     if header.get("target"):
         parts.append(Text(f"target: {header['target']}"))
+    if host is not None:
+        parts.append(render_platform(host))
     if s.meminfo is not None:
         parts.append(_kv_table("host: /proc/meminfo",
                                [(k, fmt_bytes(s.meminfo.get(k))) for k in HOST_KEYS if k in s.meminfo.bytes]))
@@ -86,3 +88,19 @@ def render_gpus(s: Sample, extra: Optional[list[str]] = None):
             t.add_row(str(g.index), fmt_bytes(g.total_bytes), fmt_bytes(g.used_bytes), fmt_bytes(g.free_bytes),
                       fmt_bytes(g.reserved_bytes), procs)
     return t
+
+
+def render_platform(host: HostInfo) -> Text:
+    p = host.platform
+    lines = [f"platform: {p.kind if p else MISSING}"
+             + (f"  driver {host.driver_version}" if host.driver_version else "")
+             + (f"  CUDA {host.cuda_driver_version // 1000}.{host.cuda_driver_version % 1000 // 10}"
+                if host.cuda_driver_version else "")]
+    for e in (p.evidence if p else []):
+        lines.append(f"  evidence: {e}")
+    for g in host.gpus:
+        lines.append(f"  GPU {g.index}: {g.name or MISSING} {g.uuid or ''}  addressing {g.addressing_mode or MISSING}"
+                     f"  C2C {MISSING if g.c2c_enabled is None else ('on' if g.c2c_enabled else 'off')}"
+                     f"  NUMA node {MISSING if g.numa_node is None else g.numa_node}"
+                     f"  integrated {MISSING if g.integrated is None else int(g.integrated)}")
+    return Text("\n".join(lines))
