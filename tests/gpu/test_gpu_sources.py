@@ -95,25 +95,27 @@ def test_allocations_land_where_design_says(cg):
              ("pinned 1GiB", f"pinned {GiB}", {"shmem": GiB, "file": GiB, "rss_shmem": GiB, "mi_shmem": GiB}),
              ("managed 1GiB, CPU-touched", f"managed {GiB}", {"kernel": GiB, "file_mapped": GiB, "rss_file": GiB,
                                                                "mi_mapped": GiB, "nvml_proc": 0}),
-             ("managed moved to GPU", "managed_gpu", {"rss_file": -GiB, "file_mapped": -GiB, "nvml_used": GiB,
-                                                     "kernel": 0, "nvml_proc": 0})]
+             ("managed moved to GPU", "managed_gpu", {"file_mapped": -GiB, "nvml_used": GiB, "kernel": 0,
+                                                     "nvml_proc": 0})]
     prev = [view(s, pid) for s in read_all(path, pid)]
-    report = []
     for name, cmd, expect in steps:
         w.do(cmd)
         samples = read_all(path, pid)
         now = [view(s, pid) for s in samples]
         for kind, (a, b) in zip(["pure", "native"], zip(prev, now)):
             deltas = {k: b[k] - a[k] for k in b}
-            report.append(f"{name} [{kind}]: " + ", ".join(f"{k} {deltas[k] / GiB:+.3f} GiB" for k in sorted(deltas)))
+            print(f"{name} [{kind}]: " + ", ".join(f"{k} {deltas[k] / GiB:+.3f} GiB" for k in sorted(deltas)))
             for k, want in expect.items():
                 tol = 0.02 * GiB if want == 0 else 0.02 * abs(want)
                 assert abs(deltas[k] - want) <= tol, (name, kind, k, deltas[k], want)
+            if cmd == "managed_gpu":
+                # RssFile also gains the files cupy maps to launch its first kernel (measured
+                # +29 MB on the H100), so it falls by a little less than the 1 GiB that left
+                assert -1.02 * GiB <= deltas["rss_file"] <= -0.9 * GiB
         # both samplers saw the same GPU: same device total and the worker in the process list
         assert samples[-1].gpus[0].total_bytes == samples[0].gpus[0].total_bytes
         assert [gp.owner_cgroup for gp in samples[0].gpus[0].processes if gp.pid == pid] == [path]
         prev = now
-    print("\n".join(report))
 
 
 def test_platform_is_discrete_from_readings():
