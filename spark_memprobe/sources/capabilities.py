@@ -53,7 +53,21 @@ def check_btf(path: str = "/sys/kernel/btf/vmlinux") -> Check:
                  "kernel struct layouts unknown to BPF; probes then rely on helpers and tracepoint fields only")
 
 
-CHECKS: list[Callable[[], Check]] = [check_root, check_cgroups, check_native, check_tracefs, check_btf]
+def check_nvml() -> Check:
+    from .nvml import NvmlReader
+    r = NvmlReader()
+    try:
+        if r.error:
+            return Check("NVML", False, r.error, "no GPU memory readings: GPU rows and CUDA free are None")
+        v = r.versions()
+        return Check("NVML", True, f"{len(r.handles)} GPU(s), driver {v['driver_version']}, "
+                                   f"NVML {v['nvml_version']}", "")
+    finally:
+        r.close()
+
+
+CHECKS: list[Callable[[], Check]] = [check_root, check_cgroups, check_native, check_tracefs, check_btf,
+                                     check_nvml]
 
 
 def run_checks(checks=None) -> list[Check]:

@@ -130,8 +130,7 @@ class NativeSampler(BaseSampler):
                              bool(p.status_hdr.truncated), s.notes)
             s.processes.append(ProcessSample(pid=p.pid, **status_fields(vals)))
         if self.nvml_error:
-            s.gpus = []
-            s.notes.append(f"NVML not read: {self.nvml_error}")
+            s.notes.append(f"NVML not read: {self.nvml_error}")    # gpus stay None: not read
         elif c.nvml_err != -errno.ENODATA:
             s.gpus = self._gpus(c, s)
         return s
@@ -163,10 +162,10 @@ class NativeSampler(BaseSampler):
                 raw[role] = "max" if v == UNLIMITED else v
         return cgroup_sample_from_raw(self.cgroup, self.version, raw)
 
-    def _gpus(self, c, s: Sample) -> list[GpuSample]:
+    def _gpus(self, c, s: Sample) -> Optional[list[GpuSample]]:
         if c.nvml_err:
             s.notes.append(f"NVML not read: {os.strerror(-c.nvml_err)}")
-            return []
+            return None
         out = []
         for i in range(c.ngpus):
             g = c.gpus[i]

@@ -195,8 +195,7 @@ class PureSampler(BaseSampler):
             s.processes.append(self._sample_pid(pid, s))
         if self.nvml is not None:
             if self.nvml.error:
-                s.gpus = []
-                s.notes.append(f"NVML not read: {self.nvml.error}")
+                s.notes.append(f"NVML not read: {self.nvml.error}")   # gpus stay None: not read
             else:
                 s.gpus = self.nvml.read()
         s.read_ns = time.monotonic_ns() - s.mono_ns
