@@ -12,6 +12,15 @@ Layout (schema 1; `sqlite3 run.db .schema` shows it):
       timelines need not decode blobs.
   events(seq, mono_ns, kind, value)       JSON, e.g. eBPF aggregates
 
+Conventions between `memprobe record` and its readers (report, replay, export):
+  header keys  "host" (HostInfo as a dict), "capabilities" (doctor checks), "target" (the
+               resolved Target as a dict), "probes" (ProbeStatus dicts, chosen and refused; None
+               when eBPF was off), "interval_ns", "argv", "started_wall_ns", "kv_fraction"
+  event kinds  "probes": an events.ProbeReport dict, cumulative since the start, at most once a
+               second (the ledger of a sample uses the last one at or before it);
+               "target": a follow event (restart, exit) as a dict;
+               "recording_stopped": why the recording ended early.
+
 WAL journal, committed at least once a second: a kill -9 loses at most the last second.
 The file is created with mode 0600 and never through a symlink. This module imports
 sample types only (never sources): a recording replays exactly as it ran.
