@@ -10,8 +10,23 @@ mode=${1:-run}
 # What running needs: a compiler for the native sampler; bcc from Debian (PyPI's `bcc` is
 # an unrelated package) for eBPF attribution.
 run_pkgs=(gcc libc6-dev python3-bpfcc bpfcc-tools)
+# bcc compiles its BPF C against kernel headers; where the running kernel has none (CI VMs:
+# kernel 6.18, Debian ships 6.1), Debian's headers merged below stand in (DESIGN.md section 5).
+run_pkgs+=("linux-headers-$(dpkg --print-architecture)")
 # What the tests need on top: a real terminal for the TUI test.
 test_pkgs=(tmux)
+# The cgroup v2 tier (scripts/qemu/v2_tier.py, docs/testing.md): qemu without KVM, Debian's
+# kernel package for the guest (its vmlinuz and modules under /boot and /lib/modules), a
+# static busybox for the initramfs, mkfs.ext4 for the scratch disk, and headers of the same
+# kernel so bcc can compile the guest's fentry test.
+test_pkgs+=(qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs linux-headers-amd64)
+# The container engine tests (tests/test_docker*.py, docs/attach.md): Debian's Docker engine
+# (brings containerd with ctr, and runc), Podman, and a static busybox for the test image.
+# memprobe itself needs none of them at run time: it asks whichever engine it finds.
+test_pkgs+=(docker.io podman busybox-static)
+# The eBPF probe tests (tests/test_bpf*.py, docs/probes.md): bpftool lists loaded programs, to
+# prove that none of ours is left after exit, Ctrl-C or SIGTERM.
+test_pkgs+=(bpftool)
 
 want=("${run_pkgs[@]}")
 [ "$mode" = --test ] && want+=("${test_pkgs[@]}")
@@ -29,6 +44,27 @@ fi
 # tracefs: tracepoints and uprobes need it (DESIGN.md section 5)
 if [ ! -d /sys/kernel/tracing/events ]; then
     mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || echo "setup: could not mount tracefs (eBPF probes will be off)"
+fi
+
+# Kernel headers for bcc: without /lib/modules/$(uname -r)/build, merge Debian's -common and
+# -<arch> header trees (symlinks, `cp -as`) into one tree; spark_memprobe/sources/bpf/bccload.py
+# points BCC_KERNEL_SOURCE at it. Mismatched headers are why the BPF code reads only helpers
+# and tracepoint fields, never kernel structs.
+merged=/usr/src/memprobe-kernel-headers
+if [ ! -d "/lib/modules/$(uname -r)/build/include" ]; then
+    arch_dir=$(ls -d /usr/src/linux-headers-*-"$(dpkg --print-architecture)" 2>/dev/null | sort -V | tail -n 1 || true)
+    common_dir=${arch_dir%-*}-common
+    if [ -n "$arch_dir" ] && [ -d "$common_dir" ]; then
+        if [ "$(cat "$merged/.memprobe-source" 2>/dev/null)" != "$arch_dir" ]; then
+            rm -rf "$merged.tmp" && mkdir -p "$merged.tmp"
+            cp -as "$common_dir/." "$merged.tmp/"
+            cp -asf "$arch_dir/." "$merged.tmp/"
+            echo "$arch_dir" > "$merged.tmp/.memprobe-source"
+            rm -rf "$merged" && mv "$merged.tmp" "$merged"
+        fi
+    else
+        echo "setup: no Debian kernel headers found under /usr/src (eBPF probes will not compile)"
+    fi
 fi
 
 py=${PYTHON:-python3}

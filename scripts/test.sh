@@ -3,4 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-.venv/bin/python -m pytest tests "$@"
+rc=0
+.venv/bin/python -m pytest tests "$@" || rc=$?
+# The cgroup v2 tier: tests/v2 in a qemu guest with pure cgroup v2 (docs/testing.md).
+# MEMPROBE_V2_TIER=0 leaves it out.
+if [ "${MEMPROBE_V2_TIER:-1}" != 0 ]; then
+    .venv/bin/python scripts/qemu/v2_tier.py || rc=$?
+fi
+exit $rc
