@@ -81,8 +81,11 @@ def load_step(step: str, cgroup: Optional[str], pids: Optional[list[int]] = None
     j, infos, gpus = load_nvml(step, cgfs)
     s.gpus = gpus
     uname = os.path.join(step, "..", "..", "uname")
-    kernel = open(uname).read().split()[2] if os.path.exists(uname) else None
-    host = HostInfo(hostname="fixture", kernel=kernel, machine="x86_64", page_size=4096,
+    words = open(uname).read().split() if os.path.exists(uname) else []
+    kernel = words[2] if len(words) > 2 else None
+    machine = words[-2] if len(words) > 2 else None        # `uname -a`: ... <machine> <os>
+    # 4 KiB pages assumed: no fixture captured the page size (getconf PAGESIZE)
+    host = HostInfo(hostname="fixture", kernel=kernel, machine=machine, page_size=4096,
                     cgroup_layout=cgfs.layout.mode, driver_version=(j or {}).get("driver"),
                     nvml_version=(j or {}).get("nvml"), gpus=infos)
     host.platform = detect_platform(infos, gpus, None if j else "no nvml.json in this step")

@@ -1,0 +1,106 @@
+"""Render a Ledger (spark_memprobe/ledger) as Rich tables. Render only: no reading, no arithmetic
+beyond picking what to show.
+
+Cells: a blank cell means the view never counts that kind of memory, "0 B" that it counts it
+and there is none, and a dash that the view (or the estimate behind the cell) was not read.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..ledger.model import Ledger, Row
+from .fmt import MISSING, fmt_bytes
+
+TARGET_COLUMNS = [("current", "memory\ncurrent"), ("working_set", "docker\nwset"), ("stat_anon", "stat\nanon"),
+                  ("stat_file", "stat\nfile"), ("stat_shmem", "stat\nshmem"), ("stat_kernel", "stat\nkernel"),
+                  ("stat_file_mapped", "stat\nmapped"), ("rss", "RSS\nsum")]
+HOST_COLUMNS = [("host_used", "MemTotal\n-Avail"), ("host_nofree", "MemTotal\n-Free"), ("nvml_used", "NVML\nused"),
+                ("nvml_procs", "NVML\nprocs"), ("cuda_used", "CUDA\nused")]
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _cell(row: Row, key: str) -> str:
+    if key not in row.cells:
+        return ""
+    return fmt_bytes(row.cells[key])
+
+
+def _views_table(ledger: Ledger, title: str, columns: list[tuple[str, str]]) -> Optional[Table]:
+    keys = [k for k, _ in columns]
+    rows = [r for r in ledger.rows if any(k in r.cells for k in keys)]
+    if not rows:
+        return None
+    # box.SIMPLE_HEAD separates columns with one space: 1 + 21 + 8 x 9 = 94 columns at most
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
+    t.add_column("kind of memory", no_wrap=True, min_width=20, max_width=21)
+    for _, header in columns:
+        t.add_column(header, justify="right", no_wrap=True, min_width=8)
+    for r in rows:
+        label = ("  " + r.label) if r.parent else r.label
+        t.add_row(label, *[_cell(r, k) for k in keys], style="dim" if r.parent else None)
+    cols = {c.key: c for c in ledger.columns}
+    t.add_section()
+    t.add_row("view shows", *[fmt_bytes(cols[k].total) for k in keys], style="bold")
+    if any(cols[k].excess_bytes for k in keys):
+        t.add_row("rows beyond view", *[fmt_bytes(cols[k].excess_bytes) if cols[k].excess_bytes else "" for k in keys])
+    return t
+
+
+def _findings(ledger: Ledger):
+    if not ledger.findings:
+        return Text("findings: none")
+    t = Table(title="findings (ranked)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
+              pad_edge=False)
+    t.add_column("#", justify="right", no_wrap=True)
+    t.add_column("severity", no_wrap=True)
+    t.add_column("bytes", justify="right", no_wrap=True)
+    t.add_column("finding (rule) / evidence", ratio=1)
+    for i, f in enumerate(ledger.findings, 1):
+        amount = fmt_bytes(f.bytes) if f.bytes_low is None or f.bytes_low == f.bytes else \
+            f"{fmt_bytes(f.bytes_low)}..{fmt_bytes(f.bytes)}"
+        t.add_row(str(i), Text(f.severity, style=SEVERITY_STYLE.get(f.severity, "")), amount,
+                  Text(f"{f.title} ({f.rule}, confidence {f.confidence})", style="bold"))
+        for e in f.evidence:
+            t.add_row("", "", "", Text("- " + e, style="dim"))
+        t.add_row("", "", "", Text("source: " + "; ".join(f.sources), style="dim italic"))
+    return t
+
+
+def _kv(ledger: Ledger):
+    kv = ledger.kv
+    head = (f"KV-cache budget at fraction {kv.fraction}" + (f", GPU {kv.gpu_index}" if kv.gpu_index is not None else "")
+            + (": PREDICTION (if this host were integrated UMA)" if kv.prediction else ""))
+    lines = [head, f"  {kv.note}",
+             f"  CUDA free (modelled) {fmt_bytes(kv.cuda_free_bytes)}   MemFree {fmt_bytes(kv.mem_free_bytes)}   "
+             f"MemAvailable {fmt_bytes(kv.mem_available_bytes)}",
+             f"  KV from CUDA free {fmt_bytes(kv.kv_from_cuda_free_bytes)}   lost vs MemAvailable "
+             f"{fmt_bytes(kv.lost_bytes)}"]
+    for p in kv.parts:
+        lines.append(f"    {p.label:<58} {fmt_bytes(p.bytes):>9}  KV {fmt_bytes(p.kv_bytes):>9}")
+    return Text("\n".join(lines))
+
+
+def render_ledger(ledger: Ledger) -> Group:
+    parts: list = [Text(f"memprobe ledger   target: {ledger.target}   platform: {ledger.platform}")]
+    for e in ledger.platform_evidence:
+        parts.append(Text(f"  {e}", style="dim"))
+    for title, cols in (("target views: bytes each view counts, by kind of memory", TARGET_COLUMNS),
+                        ("host and GPU views", HOST_COLUMNS)):
+        t = _views_table(ledger, title, cols)
+        if t is not None:
+            parts.append(t)
+    parts.append(Text("blank: the view never counts that kind; " + MISSING + ": not read; (est.): modelled",
+                      style="dim"))
+    parts.append(_findings(ledger))
+    parts.append(_kv(ledger))
+    silent = [r for r in ledger.rules if r.status == "silent"]
+    if silent:
+        parts.append(Text("rules silent here:\n" + "\n".join(f"  {r.rule}: {r.reason}" for r in silent)))
+    if ledger.notes:
+        parts.append(Text("notes:\n" + "\n".join(f"  - {n}" for n in ledger.notes)))
+    return Group(*parts)
