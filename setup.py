@@ -48,6 +48,7 @@ setup(
         "psutil>=5.9",
         "rich>=13",
         "nvidia-ml-py>=12.535",
+        "docker>=7",          # Docker Engine API client (also Podman's compatible API): sources/engines.py
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],

@@ -6,16 +6,24 @@ import os
 import sys
 from dataclasses import asdict
 
-from . import EXIT_MISSING, EXIT_NOT_FOUND, CliError
+from . import EXIT_MISSING, EXIT_NOT_FOUND, EXIT_USAGE, CliError
 from .common import host_header, print_renderable
 
 
 def add_parser(sub):
     p = sub.add_parser("snapshot", help="print one full sample of the host and a target cgroup")
+    p.add_argument("target", nargs="?", metavar="TARGET",
+                   help="container name or ID prefix, pod UID, systemd unit, cgroup path or PID "
+                        "(every form `memprobe attach` takes; docs/attach.md)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--cgroup", metavar="PATH", help="memory cgroup path inside its hierarchy, e.g. /docker/<id>")
     g.add_argument("--pid", type=int, help="a process: its memory cgroup and itself")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--ledger", action="store_true",
+                   help="print the ledger instead: every view of the target's bytes, findings, KV-cache budget "
+                        "(docs/ledger.md)")
+    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+                   help="with --ledger: the fraction of CUDA free an engine gives its KV cache (default 0.9)")
     return p
 
 
@@ -30,7 +38,14 @@ def run(args) -> int:
 
     cgfs = CgroupFS(args.cgroup_root)
     cgroup, pids, target = args.cgroup, None, "host only (give --cgroup or --pid for a target)"
-    if args.pid is not None:
+    version = None
+    if args.target is not None:
+        if args.pid is not None or args.cgroup is not None:
+            raise CliError("give TARGET or --cgroup/--pid, not both", EXIT_USAGE)
+        from .attach import resolve_target
+        _, t = resolve_target(args, args.target)
+        cgroup, version, pids, target = t.cgroup_path, t.cgroup_version, t.pids, t.describe()
+    elif args.pid is not None:
         try:
             version, cgroup = cgfs.memory_cgroup_of(parse_proc_cgroup(read_pid_cgroup(args.pid, args.proc)))
         except FileNotFoundError:
@@ -48,16 +63,31 @@ def run(args) -> int:
         target = f"memory cgroup v{cgfs.layout.memory_version} {norm_path(cgroup)}"
     nvml = NvmlReader()
     try:
-        with open_sampler(proc=args.proc, cgroup_root=args.cgroup_root, cgroup=cgroup, pids=pids,
-                          nvml=True) as smp:
+        with open_sampler(proc=args.proc, cgroup_root=args.cgroup_root, cgroup=cgroup, version=version,
+                          pids=pids, nvml=True) as smp:
             s = smp.sample(detail=True)
         host = read_host_info(cgfs.layout.mode, nvml, s.gpus)
     finally:
         nvml.close()
     header = host_header(smp.kind, target)
+    if args.ledger:
+        return _print_ledger(args, header, host, s)
     if args.json:
         json.dump({"header": header, "host": asdict(host), "sample": sample_to_dict(s)}, sys.stdout, indent=1)
         print()
     else:
         print_renderable(render_sample(s, header, host))
+    return 0
+
+
+def _print_ledger(args, header, host, s) -> int:
+    from ..ledger import build_ledger, ledger_to_dict
+    from ..views.ledger import render_ledger
+
+    ledger = build_ledger(host, s, kv_fraction=args.kv_fraction)
+    if args.json:
+        json.dump({"header": header, "host": asdict(host), "ledger": ledger_to_dict(ledger)}, sys.stdout, indent=1)
+        print()
+    else:
+        print_renderable(render_ledger(ledger))
     return 0

@@ -66,8 +66,20 @@ def check_nvml() -> Check:
         r.close()
 
 
+def check_container_engines() -> Check:
+    """Which container engines answer (memprobe ls / attach ask them for names and PIDs)."""
+    from .engines import connect_engines
+    engines, tried = connect_engines()
+    for e in engines:
+        e.close()
+    detail = "; ".join(a.line() for a in tried) or "none asked (MEMPROBE_ENGINES)"
+    return Check("container engines", bool(engines), detail,
+                 "containers are found by ID prefix in cgroup paths only (/proc scan): no names, "
+                 "no exit codes or OOM flags")
+
+
 CHECKS: list[Callable[[], Check]] = [check_root, check_cgroups, check_native, check_tracefs, check_btf,
-                                     check_nvml]
+                                     check_nvml, check_container_engines]
 
 
 def run_checks(checks=None) -> list[Check]:
