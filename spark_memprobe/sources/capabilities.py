@@ -66,6 +66,18 @@ def check_nvml() -> Check:
         r.close()
 
 
+def check_bpf_probes() -> Check:
+    """Which eBPF probes (memprobe probes, docs/probes.md) this host supports."""
+    from .bpf import base_status, detect, summary
+    ok, why = base_status()
+    if not ok:
+        return Check("eBPF probes", False, why,
+                     "no attribution of faults, page cache, memcg charges or CUDA allocations to "
+                     "cgroups, processes and files")
+    any_ok, text = summary(detect())
+    return Check("eBPF probes", any_ok, text, "no attribution by event, file or allocation call")
+
+
 def check_container_engines() -> Check:
     """Which container engines answer (memprobe ls / attach ask them for names and PIDs)."""
     from .engines import connect_engines
@@ -79,7 +91,7 @@ def check_container_engines() -> Check:
 
 
 CHECKS: list[Callable[[], Check]] = [check_root, check_cgroups, check_native, check_tracefs, check_btf,
-                                     check_nvml, check_container_engines]
+                                     check_nvml, check_bpf_probes, check_container_engines]
 
 
 def run_checks(checks=None) -> list[Check]:

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Overhead of the eBPF probes on a fault-heavy workload, measured side by side in one run.
+
+The workload (C, built here) maps SIZE bytes of private anonymous memory with THP off and
+writes one byte per 4 KiB page: one page fault per page. Each round runs it with no probes,
+with each of our probes alone, with the default set and with everything, and with the
+equivalent bpftrace one-liner (if bpftrace is installed), in a shuffled order; each
+configuration keeps the least CPU time of --reps runs, and the table shows the median over
+rounds and slowdown ratios. Also measures how long bcc takes to compile and load our programs.
+
+    sudo .venv/bin/python scripts/bench/bench_bpf.py [--gib 4] [--rounds 5] [--reps 3]
+Results for docs/performance.md ("eBPF probes")."""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from spark_memprobe.sources.bpf import ProbeOptions, ProbeSession, base_status  # noqa: E402
+
+TOUCH_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    size_t size = strtoull(argv[1], NULL, 10);
+    char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { perror("mmap"); return 1; }
+    madvise(p, size, MADV_NOHUGEPAGE);          /* one fault per 4 KiB page */
+    struct timespec a, b, ca, cb;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ca);
+    for (size_t i = 0; i < size; i += 4096)
+        p[i] = 1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cb);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    /* CPU time of the faulting process (user + system, BPF programs included: they run in
+       its context): robust against other load on the host, unlike wall time */
+    printf("%.6f %.6f\n", (cb.tv_sec - ca.tv_sec) + (cb.tv_nsec - ca.tv_nsec) / 1e9,
+           (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+    return 0;
+}
+"""
+
+BPFTRACE = "software:page-faults:1 { @[cgroup, pid] = count(); }"
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_touch(exe: str, size: int) -> float:
+    """CPU seconds the workload spent in its touch loop (wall seconds go to WALL)."""
+    cpu, wall = subprocess.run([exe, str(size)], capture_output=True, text=True, check=True).stdout.split()
+    WALL.append(float(wall))
+    return float(cpu)
+
+
+WALL: list[float] = []
+
+
+def best_of(exe: str, size: int, reps: int) -> float:
+    """Least CPU time of `reps` runs: interference from other load only ever adds time."""
+    return min(run_touch(exe, size) for _ in range(reps))
+
+
+def with_session(opts: ProbeOptions, exe: str, size: int, reps: int) -> tuple[float, float]:
+    t0 = time.monotonic()
+    s = ProbeSession(opts)
+    s.start()
+    load = time.monotonic() - t0
+    try:
+        return best_of(exe, size, reps), load
+    finally:
+        s.close()
+
+
+def with_bpftrace(exe: str, size: int, reps: int) -> float:
+    p = subprocess.Popen(["bpftrace", "-e", BPFTRACE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError("bpftrace exited before attaching")
+            if line.startswith("Attaching"):
+                break
+        time.sleep(0.2)
+        return best_of(exe, size, reps)
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=60)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gib", type=float, default=4.0, help="memory touched per run (default 4 GiB)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds; modes run in a shuffled order in each")
+    ap.add_argument("--reps", type=int, default=3, help="runs per mode and round; the least CPU time counts")
+    args = ap.parse_args()
+    ok, why = base_status()
+    if not ok:
+        print(f"bench_bpf: eBPF probes unavailable: {why}", file=sys.stderr)
+        return 5
+    size = int(args.gib * (1 << 30))
+    avail = mem_available()
+    if avail < size + (2 << 30):
+        size = max((avail - (2 << 30)) // 4096 * 4096, 256 << 20)
+        print(f"bench_bpf: only {avail / 2**30:.1f} GiB available; touching {size / 2**30:.2f} GiB instead")
+    tmp = tempfile.mkdtemp(prefix="bench-bpf-")
+    try:
+        src = os.path.join(tmp, "touch.c")
+        exe = os.path.join(tmp, "touch")
+        with open(src, "w") as f:
+            f.write(TOUCH_C)
+        subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
+        none = dict(faults=False, fault_addresses=False, pagecache=False, memcg=False, cuda=False, uvm=False)
+        probe_modes = {
+            "memprobe: faults (perf event, period 1)": ProbeOptions(**{**none, "faults": True}),
+            "memprobe: faults + addresses (--fault-addresses)": ProbeOptions(**{**none, "faults": True,
+                                                                                "fault_addresses": True}),
+            "memprobe: memcg stream (state + lruvec tracepoints)": ProbeOptions(**{**none, "memcg": True}),
+            "memprobe: memcg stream + events (--memcg-events)": ProbeOptions(**{**none, "memcg": True,
+                                                                                "memcg_events": True}),
+            "memprobe: page cache (tracepoints)": ProbeOptions(**{**none, "pagecache": True}),
+            "memprobe: default set (probes --run)": ProbeOptions(),
+            "memprobe: everything (--fault-addresses --memcg-events)": ProbeOptions(fault_addresses=True,
+                                                                                    memcg_events=True),
+        }
+        modes = ["no probes", *probe_modes]
+        have_bt = shutil.which("bpftrace") is not None
+        if have_bt:
+            modes.append("bpftrace one-liner")
+        times = {m: [] for m in modes}
+        loads = {m: [] for m in probe_modes}
+        run_touch(exe, size)                         # warm-up (page allocator, caches)
+        walls = {m: [] for m in modes}
+        rng = random.Random(1)
+        for r in range(args.rounds):
+            order = list(modes)
+            rng.shuffle(order)                       # no mode always runs first or last
+            for m in order:
+                if m == "no probes":
+                    times[m].append(best_of(exe, size, args.reps))
+                elif m == "bpftrace one-liner":
+                    times[m].append(with_bpftrace(exe, size, args.reps))
+                else:
+                    t, ld = with_session(probe_modes[m], exe, size, args.reps)
+                    times[m].append(t)
+                    loads[m].append(ld)
+                walls[m].append(WALL[-1])
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{times[m][-1]:.3f}" for m in modes), flush=True)
+        base = statistics.median(times["no probes"])
+        pages = size // 4096
+        print()
+        print(f"workload: touch {size / 2**30:.2f} GiB page by page ({pages:,} faults); {args.rounds} rounds x "
+              f"best of {args.reps} runs per mode; "
+              f"kernel {os.uname().release}, {os.cpu_count()} CPUs")
+        print()
+        print("| run | CPU time (median of rounds) | CPU ns per fault | slowdown (median) | slowdown (best round) "
+              "| wall time of last run (median) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        bmin = min(times["no probes"])
+        for m in modes:
+            med = statistics.median(times[m])
+            print(f"| {m} | {med:.3f} s | {med / pages * 1e9:.0f} | {med / base:.3f}x | "
+                  f"{min(times[m]) / bmin:.3f}x | {statistics.median(walls[m]):.3f} s |")
+        print()
+        print("| probe load (bcc compile + attach) | median | min | max |")
+        print("|---|---:|---:|---:|")
+        for m, v in loads.items():
+            print(f"| {m} | {statistics.median(v):.2f} s | {min(v):.2f} s | {max(v):.2f} s |")
+        if not have_bt:
+            print("\nbpftrace not installed: its row is missing")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
