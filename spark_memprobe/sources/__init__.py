@@ -1,0 +1,1 @@
+"""Readers of the machine: procfs, cgroupfs, NVML, container engines, native sampler, eBPF."""
