@@ -27,6 +27,14 @@ test_pkgs+=(docker.io podman busybox-static)
 # The eBPF probe tests (tests/test_bpf*.py, docs/probes.md): bpftool lists loaded programs, to
 # prove that none of ours is left after exit, Ctrl-C or SIGTERM.
 test_pkgs+=(bpftool)
+# The exporter tests (tests/test_export*.py, docs/export.md): a real Prometheus server scrapes
+# `memprobe export`, and promtool checks and unit-tests the example alert rules. The tests start
+# their own server on a free loopback port (on a host running systemd the package also enables
+# its own prometheus.service on :9090; `systemctl disable --now prometheus` if unwanted).
+test_pkgs+=(prometheus)
+# The report tests (tests/test_report_render.py, docs/report.md): the HTML report is opened in a
+# real headless browser (Debian chromium) and screenshotted.
+test_pkgs+=(chromium)
 
 want=("${run_pkgs[@]}")
 [ "$mode" = --test ] && want+=("${test_pkgs[@]}")
@@ -37,8 +45,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get update -qq -o DPkg::Lock::Timeout=300
+    apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # tracefs: tracepoints and uprobes need it (DESIGN.md section 5)

@@ -88,7 +88,8 @@ def main():
                 p.memory_info()
             with open(stat) as f:     # psutil has no cgroup reader
                 f.read()
-        rows.append(("psutil: virtual_memory + swap_memory + 8 x memory_info + memory.stat", timeit(ps, a.iters // 4)))
+        rows.append((f"psutil: virtual_memory + swap_memory + {len(procs)} x memory_info + memory.stat",
+                     timeit(ps, a.iters // 4)))
 
         u = os.uname()
         print(f"host {u.nodename} kernel {u.release} {u.machine}, {os.cpu_count()} CPUs, cgroup layout "

@@ -8,8 +8,8 @@ import re
 import sys
 import time
 
-from . import (EXIT_ERROR, EXIT_MISSING, EXIT_NOT_FOUND, EXIT_OK, EXIT_PERMISSION, EXIT_USAGE,
-               CliError)
+from . import (EXIT_BAD_INPUT, EXIT_ERROR, EXIT_MISSING, EXIT_NOT_FOUND, EXIT_OK, EXIT_PERMISSION,
+               EXIT_USAGE, CliError)
 
 # TargetError kinds -> exit codes (docs/exit-codes.md)
 TARGET_EXIT = {"not_found": EXIT_NOT_FOUND, "not_running": EXIT_NOT_FOUND, "ambiguous": EXIT_USAGE,
@@ -42,17 +42,26 @@ def resolve_target(args, query: str):
 
 
 def add_parser(sub):
-    p = sub.add_parser("attach", help="follow a container, pod, unit, cgroup or PID: one sample per interval",
+    p = sub.add_parser("attach", help="follow a container, pod, unit, cgroup or PID: live ledger on a terminal, "
+                                      "one line per sample otherwise",
                        description="Resolve TARGET (container name or ID prefix of Docker, Podman or "
                                    "containerd; pod UID or namespace/name; systemd unit; cgroup path; PID; "
                                    "forms like docker:NAME, pod:UID, unit:NAME, cgroup:PATH, pid:N force a "
-                                   "kind), print it, then one sample per interval until Ctrl-C, SIGTERM or "
-                                   "the target exits.")
+                                   "kind) and follow it until q, Ctrl-C, SIGTERM or the target exits. On a "
+                                   "terminal: the live ledger screen (docs/attach.md); otherwise one line "
+                                   "(or, with --json, one JSON object) per sample.")
     p.add_argument("target", metavar="TARGET")
-    p.add_argument("--interval", type=parse_interval, default=1.0, metavar="DURATION",
-                   help="time between samples (default 1s; e.g. 250ms, 2s)")
+    p.add_argument("--interval", type=parse_interval, metavar="DURATION",
+                   help="time between samples (default 100ms on a terminal, 1s otherwise; e.g. 250ms, 2s)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (target, sample, event, end)")
     p.add_argument("--count", type=int, metavar="N", help="stop after N samples")
+    p.add_argument("--record", metavar="FILE", help="also record into FILE (as `memprobe record` does)")
+    p.add_argument("--force", action="store_true", help="with --record: overwrite an existing file")
+    p.add_argument("--bpf", dest="bpf", action="store_true", default=None,
+                   help="require the eBPF probes (default: use them when this host allows)")
+    p.add_argument("--no-bpf", dest="bpf", action="store_false", help="do not load eBPF probes")
+    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+                   help="fraction of CUDA free an engine gives its KV cache (default 0.9)")
     p.add_argument("--exit-grace", type=parse_interval, default=2.0, metavar="DURATION",
                    help="how long a vanished target may take to come back (restart) before attach ends "
                         "(default 2s)")
@@ -60,87 +69,116 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..samples import sample_to_dict
-    from ..sources.targets import Follower, FollowEvent, follow_loop, target_to_dict
-    from ..views.attach import event_line, header_line, live_view, sample_line, target_lines
-    from .common import host_header
+    from ..recording import RecordingError
+    from .live import LiveFeed, Recorder, recording_header
+    from .record import bpf_wanted
 
     if args.count is not None and args.count < 1:
         raise CliError("--count must be at least 1", EXIT_USAGE)
-    resolver, target = resolve_target(args, args.target)
-    if target.cgroup_path is None and not target.pids:
-        raise CliError(f"{target.describe()}: nothing to sample", EXIT_MISSING)
-    follower = Follower(resolver, target, exit_grace_s=args.exit_grace)
+    tty = sys.stdout.isatty() and sys.stdin.isatty() and not args.json
+    interval = args.interval or (0.1 if tty else 1.0)
+    feed = LiveFeed(args, args.target, bpf_wanted(args), exit_grace_s=args.exit_grace)
+    rec = None
+    try:
+        if feed.follower.target.cgroup_path is None and not feed.follower.target.pids:
+            raise CliError(f"{feed.target_text()}: nothing to sample", EXIT_MISSING)
+        if args.record:
+            try:
+                rec = Recorder(args.record, recording_header(feed, interval, args.kv_fraction),
+                               overwrite=args.force)
+            except (RecordingError, OSError) as e:
+                raise CliError(f"cannot create {args.record}: {e}", EXIT_BAD_INPUT)
+        if tty and args.count is None:
+            from .tui import run_live
+            try:
+                end = run_live(feed, interval, args.kv_fraction, recorder=rec)
+            except KeyboardInterrupt:
+                end = None
+            samples = rec.samples if rec else None
+            print(event_text(end, feed, samples))
+        else:
+            _plain(args, feed, interval, rec)
+    finally:
+        feed.close()
+        if rec is not None:
+            print(rec.close(), file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK
+
+
+def event_text(end, feed, samples) -> str:
+    from ..views.attach import event_line
+    n = f"; {plural(samples, 'sample')} recorded" if samples is not None else ""
+    if end is None:
+        return event_line("quit", f"left {feed.target_text()}{n}", time.time_ns())
+    return event_line(end["kind"], f"{end['message']}{n}", end["wall_ns"])
+
+
+def _plain(args, feed, interval: float, rec) -> None:
+    """One line (or JSON object) per sample, until the target ends, --count, or Ctrl-C/SIGTERM."""
+    from ..samples import sample_to_dict
+    from ..sources.targets import target_to_dict
+    from ..views.attach import event_line, header_line, sample_line, target_lines
+    from .common import host_header
+
     out = sys.stdout
-    tty = out.isatty() and not args.json
-    header = host_header(follower.sampler.kind, target.describe())
+    header = host_header(feed.sampler_kind, feed.target_text())
 
     def emit(obj):
         out.write(json.dumps(obj, default=str) + "\n")
         out.flush()
 
-    samples, events = [], []
-    live = None
-    if args.json:
-        emit({"type": "target", "header": header, "target": target_to_dict(target)})
-    elif tty:
-        from rich.console import Console
-        from rich.live import Live
-        live = Live(live_view(target_to_dict(target), [], []), console=Console(), auto_refresh=False,
-                    transient=False)
-        live.start()
-    else:
-        out.write("\n".join(target_lines(target_to_dict(target))) + "\n")
-        out.write(header_line() + "\n")
-        out.flush()
-
-    def on_sample(s):
+    def show_target():
         if args.json:
-            emit({"type": "sample", "sample": sample_to_dict(s)})
-        elif live is not None:
-            samples.append(s)
-            del samples[:-100]
-            live.update(live_view(target_to_dict(follower.target), samples, events), refresh=True)
+            emit({"type": "target", "header": header, "target": target_to_dict(feed.follower.target)})
         else:
-            out.write(sample_line(s) + "\n")
+            out.write("\n".join(target_lines(target_to_dict(feed.follower.target))) + "\n")
+            out.write(header_line() + "\n")
             out.flush()
 
-    def on_event(e):
-        if e.kind == "ended":
-            e = FollowEvent(e.kind, f"{e.message}; {plural(follower.samples, 'sample')}", e.wall_ns, e.facts)
+    def show_event(kind, message, wall_ns, facts):
         if args.json:
-            emit({"type": "end" if e.kind in ("ended", "count", "interrupted") else "event", "kind": e.kind,
-                  "message": e.message, "wall_ns": e.wall_ns, "facts": e.facts,
-                  "samples": follower.samples})
-            if e.kind == "cgroup-changed":
-                emit({"type": "target", "header": header, "target": target_to_dict(follower.target)})
-        elif live is not None:
-            events.append(event_line(e.kind, e.message, e.wall_ns))
-            live.update(live_view(target_to_dict(follower.target), samples, events), refresh=True)
+            emit({"type": "end" if kind in ("ended", "count", "interrupted") else "event", "kind": kind,
+                  "message": message, "wall_ns": wall_ns, "facts": facts, "samples": feed.follower.samples})
         else:
-            out.write(event_line(e.kind, e.message, e.wall_ns) + "\n")
-            if e.kind == "cgroup-changed":
-                out.write("\n".join(target_lines(target_to_dict(follower.target))) + "\n")
-                out.write(header_line() + "\n")
+            out.write(event_line(kind, message, wall_ns) + "\n")
             out.flush()
 
-    end = None
+    show_target()
+    nxt = time.monotonic()
+    final = None
     try:
-        end = follow_loop(follower, args.interval, on_sample, on_event, count=args.count)
+        while True:
+            item, end = feed.tick()
+            if rec is not None:
+                rec.write(item)
+            for e in item.events:
+                if e["kind"] == "ended":
+                    final = (e["kind"], f"{e['message']}; {plural(feed.follower.samples, 'sample')}", e["wall_ns"],
+                             e["facts"])
+                    continue
+                show_event(e["kind"], e["message"], e["wall_ns"], e["facts"])
+                if e["kind"] == "cgroup-changed":
+                    show_target()
+            if item.sample is not None:
+                if args.json:
+                    emit({"type": "sample", "sample": sample_to_dict(item.sample)})
+                else:
+                    out.write(sample_line(item.sample) + "\n")
+                    out.flush()
+            if final is not None:
+                break
+            if args.count is not None and feed.follower.samples >= args.count:
+                final = ("count", f"stopped after --count {args.count}; {plural(feed.follower.samples, 'sample')}",
+                         time.time_ns(), {})
+                break
+            nxt += interval
+            delay = nxt - time.monotonic()
+            if item.sample is None:
+                delay = min(delay, 0.2)       # while the target is away, look again sooner
+                nxt = time.monotonic() + max(delay, 0)
+            if delay < 0:
+                nxt, delay = time.monotonic(), 0
+            time.sleep(delay)
     except KeyboardInterrupt:
-        end = FollowEvent("interrupted", "interrupted", time.time_ns())
-    finally:
-        follower.close()
-        if live is not None:
-            live.stop()
-    if end.kind in ("count", "interrupted"):
-        final = f"{end.message}; {plural(follower.samples, 'sample')}"
-        if args.json:
-            on_event(FollowEvent(end.kind, final, end.wall_ns, end.facts))
-        else:
-            out.write(event_line(end.kind, final, end.wall_ns) + "\n")
-    elif live is not None:
-        # the "ended" event is in the live view; say it once more below it, where it stays
-        out.write(event_line(end.kind, f"{end.message}; {plural(follower.samples, 'sample')}", end.wall_ns) + "\n")
-    out.flush()
-    return EXIT_OK
+        final = ("interrupted", f"interrupted; {plural(feed.follower.samples, 'sample')}", time.time_ns(), {})
+    show_event(*final)

@@ -6,10 +6,6 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from rich import box
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
 
 from ..samples import Sample
 from .fmt import MISSING, fmt_bytes
@@ -102,19 +98,3 @@ def event_line(kind: str, message: str, wall_ns: Optional[int] = None) -> str:
     when = time.strftime("%H:%M:%S", time.localtime((wall_ns or time.time_ns()) / 1e9))
     label = {"ended": "end", "count": "end", "interrupted": "end"}.get(kind, kind)
     return f"{when}  {label}: {message}"
-
-
-def live_view(t: dict, samples: list[Sample], events: list[str], rows: int = 15) -> Group:
-    """A simple live view: the target, the last `rows` samples as a table, recent events."""
-    parts = [Text("\n".join(target_lines(t)))]
-    table = Table(box=box.SIMPLE, pad_edge=False)
-    for i, (h, _) in enumerate(COLUMNS):
-        table.add_column(h, justify="left" if i == 0 else "right")
-    for s in samples[-rows:]:
-        row = sample_row(s)
-        table.add_row(*[row[h] for h, _ in COLUMNS])
-    parts.append(table)
-    if events:
-        parts.append(Text("\n".join(events[-5:])))
-    parts.append(Text("Ctrl-C to stop", style="dim"))
-    return Group(*parts)

@@ -1,0 +1,139 @@
+"""The live feed: a followed target, its samples (with NVML), eBPF reports, as FeedItems.
+
+Shared by `attach` (TUI or plain lines) and `record` (headless), so what is shown and what is
+recorded come from the same readings."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional
+
+from ..feed import FeedHeader, FeedItem
+
+REPORT_EVERY_S = 1.0
+
+
+class LiveFeed:
+    def __init__(self, args, query: str, bpf: bool, exit_grace_s: float = 2.0):
+        from ..sources.capabilities import checks_to_dicts, run_checks
+        from ..sources.nvml import NvmlReader
+        from ..sources.platform import read_host_info
+        from ..sources.sampler import open_sampler
+        from ..sources.targets import Follower, target_to_dict
+        from .attach import resolve_target
+
+        self.resolver, target = resolve_target(args, query)
+        self.follower = Follower(self.resolver, target, exit_grace_s=exit_grace_s,
+                                 sampler_factory=functools.partial(open_sampler, nvml=True))
+        nvml = NvmlReader()
+        try:
+            host = read_host_info(self.follower.sampler.cgfs.layout.mode, nvml)
+        finally:
+            nvml.close()
+        self.capabilities = checks_to_dicts(run_checks())
+        self.session = None
+        probes = None
+        if bpf:
+            probes = self._start_probes(target)
+        self.header = FeedHeader(host=host, target=target_to_dict(target), probes=probes)
+        self.report = None
+        self._last_report = 0.0
+
+    def _start_probes(self, target) -> list[dict]:
+        from ..events import ProbeStatus
+        from ..sources.bpf import ProbeOptions, ProbeSession, ProbesUnavailable
+        # No per-fault probes while following: they cost about 20 % of a fault-bound workload
+        # (docs/performance.md), and the counts they give are in memory.stat (pgfault, and the
+        # per-item totals the memcg stream sums) at no cost. `memprobe probes --run` has them.
+        opts = ProbeOptions(cgroup=target.cgroup_path, pid=target.pids[0] if target.kind == "pid" else None,
+                            faults=False, memcg=False)
+        try:
+            self.session = ProbeSession(opts, proc=self.resolver.proc, cgroup_root=self.resolver.cgroup_root)
+            return [asdict(p) for p in self.session.start()]
+        except ProbesUnavailable as e:
+            self.session = None
+            return [asdict(ProbeStatus(name="all", mechanism="bcc", chosen=False, reason=str(e)))]
+
+    @property
+    def sampler_kind(self) -> str:
+        return self.follower.sampler.kind if self.follower.sampler else "none"
+
+    def target_text(self) -> str:
+        return self.follower.target.describe()
+
+    def tick(self) -> tuple[FeedItem, Optional[dict]]:
+        """(item, end): end is the final event (a dict) when the target is gone."""
+        s, events = self.follower.tick()
+        evs = [{"kind": e.kind, "message": e.message, "wall_ns": e.wall_ns, "facts": e.facts} for e in events]
+        end = next((e for e in evs if e["kind"] == "ended"), None)
+        if self.session is not None:
+            self.session.poll(0)
+            if time.monotonic() - self._last_report >= REPORT_EVERY_S:
+                self.report = self.session.collect()
+                self._last_report = time.monotonic()
+        return FeedItem(sample=s, events=evs, report=self.report), end
+
+    def close(self) -> None:
+        if self.session is not None:
+            try:
+                self.session.close()
+            except Exception as e:  # noqa: BLE001 - detaching must not hide the exit path
+                print(f"memprobe: detaching probes: {e}", file=sys.stderr)
+            self.session = None
+        self.follower.close()
+
+
+def recording_header(feed: LiveFeed, interval_s: float, kv_fraction: float) -> dict:
+    return {"host": asdict(feed.header.host), "capabilities": feed.capabilities,
+            "target": dict(feed.header.target, description=feed.target_text()),
+            "probes": feed.header.probes, "interval_ns": int(interval_s * 1e9), "argv": sys.argv,
+            "started_wall_ns": time.time_ns(), "kv_fraction": kv_fraction, "pid": os.getpid()}
+
+
+class Recorder:
+    """Writes FeedItems into a recording: samples, each new eBPF report, target events."""
+
+    def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None):
+        from ..recording import RecordingWriter
+        self.path = path
+        self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes)
+        self._report = None
+
+    def write(self, item: FeedItem) -> None:
+        from ..events import report_to_dict
+        mono = item.sample.mono_ns if item.sample is not None else time.monotonic_ns()
+        for e in item.events:
+            self.w.add_event(mono, "target", e)
+        if item.report is not None and item.report is not self._report:
+            self._report = item.report
+            self.w.add_event(item.report.ended_mono_ns, "probes", report_to_dict(item.report))
+        if item.sample is not None:
+            self.w.add_sample(item.sample)
+
+    @property
+    def samples(self) -> int:
+        return self.w.n
+
+    def describe(self) -> str:
+        from ..views.fmt import fmt_bytes
+        return f"{self.path} {fmt_bytes(self.w.size_bytes())}" + (" FULL" if self.w.full else "")
+
+    def close(self) -> str:
+        """Commit and close; returns a one-line summary."""
+        from ..views.fmt import fmt_bytes
+        self.w.close()
+        size = os.path.getsize(self.path)
+        per = f", {size / self.w.n:.0f} bytes/sample" if self.w.n else ""
+        return f"recorded {self.w.n} samples to {self.path} ({fmt_bytes(size)}{per})"
+
+
+def parse_size(text: str) -> int:
+    """'512M', '1G', '1GiB', '1000000' -> bytes (binary units)."""
+    import re
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (examples: 512M, 1G)")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
