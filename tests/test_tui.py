@@ -198,3 +198,17 @@ def test_replay_bad_files(tmp_path):
     assert r.returncode == 6 and r.stderr.count("\n") == 1 and "not a memprobe recording" in r.stderr
     r = subprocess.run([*CLI, "replay", str(tmp_path / "missing.db")], capture_output=True, text=True)
     assert r.returncode == 6 and "no such recording" in r.stderr
+
+
+@root
+def test_attach_demo_is_real_and_cleans_up():
+    r = subprocess.run([*CLI, "attach", "--demo", "--no-bpf", "--interval", "100ms"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    demo = [x for x in lines if x.startswith("cgroup: ")][0].split()[2]
+    rows = [x.split() for x in lines if x[:2].isdigit() and x[2] == ":" and "end:" not in x]
+    assert len(rows) == 5 and "end: stopped after --count 5; 5 samples" in lines[-1]
+    assert rows[-1][1:3] == ["128", "MiB"] and rows[-1][5:7] == ["64", "MiB"]   # current, anon
+    from spark_memprobe.sources.cgroupfs import CgroupFS
+    assert not os.path.exists(CgroupFS().directory(demo))

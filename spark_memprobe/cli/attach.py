@@ -50,7 +50,10 @@ def add_parser(sub):
                                    "kind) and follow it until q, Ctrl-C, SIGTERM or the target exits. On a "
                                    "terminal: the live ledger screen (docs/attach.md); otherwise one line "
                                    "(or, with --json, one JSON object) per sample.")
-    p.add_argument("target", metavar="TARGET")
+    p.add_argument("target", metavar="TARGET", nargs="?")
+    p.add_argument("--demo", action="store_true",
+                   help="attach to a throwaway cgroup with a process holding 64 MiB anonymous memory and 64 MiB "
+                        "of mapped page cache (removed at exit); without a terminal it stops after 5 samples")
     p.add_argument("--interval", type=parse_interval, metavar="DURATION",
                    help="time between samples (default 100ms on a terminal, 1s otherwise; e.g. 250ms, 2s)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (target, sample, event, end)")
@@ -69,14 +72,31 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    if args.count is not None and args.count < 1:
+        raise CliError("--count must be at least 1", EXIT_USAGE)
+    if (args.target is None) == (not args.demo):
+        raise CliError("give a TARGET or --demo", EXIT_USAGE)
+    tty = sys.stdout.isatty() and sys.stdin.isatty() and not args.json
+    interval = args.interval or (0.1 if tty else 1.0)
+    demo = None
+    if args.demo:
+        from .demo import Demo
+        demo = Demo(args.cgroup_root)
+        args.target = f"cgroup:{demo.path}"
+        if not tty and args.count is None:
+            args.count = 5
+    try:
+        return _attach(args, tty, interval)
+    finally:
+        if demo is not None:
+            demo.close()
+
+
+def _attach(args, tty: bool, interval: float) -> int:
     from ..recording import RecordingError
     from .live import LiveFeed, Recorder, recording_header
     from .record import bpf_wanted
 
-    if args.count is not None and args.count < 1:
-        raise CliError("--count must be at least 1", EXIT_USAGE)
-    tty = sys.stdout.isatty() and sys.stdin.isatty() and not args.json
-    interval = args.interval or (0.1 if tty else 1.0)
     feed = LiveFeed(args, args.target, bpf_wanted(args), exit_grace_s=args.exit_grace)
     rec = None
     try:
