@@ -51,7 +51,8 @@ setup(
         "docker>=7",          # Docker Engine API client (also Podman's compatible API): sources/engines.py
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        # markdown-it-py: the report tests parse the Markdown report as CommonMark
+        "test": ["pytest>=7", "hypothesis>=6", "markdown-it-py>=3"],
     },
     setup_requires=["cffi>=1.15"],
     cffi_modules=["spark_memprobe/_build_native.py:ffibuilder"],

@@ -19,7 +19,17 @@ Conventions between `memprobe record` and its readers (report, replay, export):
   event kinds  "probes": an events.ProbeReport dict, cumulative since the start, at most once a
                second (the ledger of a sample uses the last one at or before it);
                "target": a follow event (restart, exit) as a dict;
-               "recording_stopped": why the recording ended early.
+               "recording_stopped": why the recording ended early;
+               "mapped_files": the target's file mappings, {"files": [{"pid", "path",
+               "size_bytes" (mapping length), "dev" ("major:minor" in hex, as maps prints it),
+               "inode", "rss_bytes" (Rss of those mappings from /proc/<pid>/smaps; null when
+               only /proc/<pid>/maps was read)}]}, merged per (pid, file), written when they
+               change and at most once a second; a sample uses the last one at or before it
+               (ledger.MappedFile; report names files from it when eBPF is off);
+               "other_cgroups": {"cgroups": [CgroupSample dicts]}: other memory cgroups read
+               at the same time (e.g. the target's siblings, or cgroups with file_mapped but no
+               process), so first-touch owners can be named (ledger LedgerInputs.others); a
+               sample uses the last one at or before it.
 
 WAL journal, committed at least once a second: a kill -9 loses at most the last second.
 The file is created with mode 0600 and never through a symlink. This module imports
