@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .events import ProbeReport, report_from_dict
-from .ledger import LedgerInputs, build_ledger, from_probe_report
+from .ledger import LedgerInputs, MappedFile, build_ledger, from_probe_report
 from .recording import KEYFRAME_EVERY, Recording
-from .samples import HostInfo, Sample
+from .samples import CgroupSample, HostInfo, Sample, cgroup_from_dict
 
 
 @dataclass
@@ -22,6 +22,17 @@ class FeedItem:
     sample: Optional[Sample]
     events: list[dict] = field(default_factory=list)    # {"kind", "message", "wall_ns", "facts"}
     report: Optional[ProbeReport] = None
+    mapped_files: Optional[dict] = None      # "mapped_files" event value current at this sample
+    other_cgroups: Optional[dict] = None     # "other_cgroups" event value current at this sample
+
+
+def mapped_files_from_event(value: dict) -> list[MappedFile]:
+    return [MappedFile(pid=f["pid"], path=f["path"], size_bytes=f.get("size_bytes") or 0, dev=f.get("dev"),
+                       inode=f.get("inode")) for f in (value or {}).get("files") or []]
+
+
+def others_from_event(value: dict) -> list[CgroupSample]:
+    return [cgroup_from_dict(c) for c in (value or {}).get("cgroups") or []]
 
 
 @dataclass
@@ -33,12 +44,21 @@ class FeedHeader:
 
 
 def ledger_inputs(item: FeedItem, header: FeedHeader) -> Optional[LedgerInputs]:
-    """What the ledger gets beyond the sample: the eBPF report, mapped to the target."""
-    if item.report is None or item.sample is None:
+    """What the ledger gets beyond the sample: the eBPF report mapped to the target, the
+    target's file mappings and the other cgroups read with it."""
+    if item.sample is None:
         return None
-    pids = [p.pid for p in item.sample.processes]
-    adder = item.sample.cgroup.path if item.sample.cgroup is not None and item.sample.cgroup.version == 1 else None
-    return from_probe_report(item.report, pids, adder_cgroup=adder)
+    if item.report is not None:
+        pids = [p.pid for p in item.sample.processes]
+        cg = item.sample.cgroup
+        inputs = from_probe_report(item.report, pids, adder_cgroup=cg.path if cg is not None and cg.version == 1 else None)
+    else:
+        inputs = LedgerInputs()
+    if item.mapped_files is not None:
+        inputs.mapped_files = mapped_files_from_event(item.mapped_files)
+    if item.other_cgroups is not None:
+        inputs.others = others_from_event(item.other_cgroups)
+    return inputs
 
 
 def ledger_of(item: FeedItem, header: FeedHeader, kv_fraction: float = 0.9):
@@ -56,6 +76,8 @@ class ReplayFeed:
         self._reports = [(m, v) for m, _, v in rec.events("probes")]
         self._report_mono = [m for m, _ in self._reports]
         self._targets = [(m, v) for m, _, v in rec.events("target")]
+        self._mapped = _timeline(rec.events("mapped_files"))
+        self._others = _timeline(rec.events("other_cgroups"))
         self._cache_start = -1
         self._cache: list[Sample] = []
         self._parsed: dict[int, ProbeReport] = {}
@@ -82,4 +104,15 @@ class ReplayFeed:
         s = self._sample(i)
         prev = self.rec.mono[i - 1] if i > 0 else -1
         events = [v for m, v in self._targets if prev < m <= s.mono_ns]
-        return FeedItem(sample=s, events=events, report=self.report_at(s.mono_ns))
+        return FeedItem(sample=s, events=events, report=self.report_at(s.mono_ns),
+                        mapped_files=_last(self._mapped, s.mono_ns), other_cgroups=_last(self._others, s.mono_ns))
+
+
+def _timeline(events: list) -> tuple[list[int], list[dict]]:
+    return [m for m, _, _ in events], [v for _, _, v in events]
+
+
+def _last(timeline: tuple[list[int], list[dict]], mono_ns: int) -> Optional[dict]:
+    """The value of the last event at or before mono_ns."""
+    k = bisect.bisect_right(timeline[0], mono_ns) - 1
+    return timeline[1][k] if k >= 0 else None

@@ -174,6 +174,16 @@ def sample_to_dict(s: Sample) -> dict:
     return asdict(s)
 
 
+def cgroup_from_dict(d: dict) -> CgroupSample:
+    """A CgroupSample from its dict, also after JSON (numa_stat node keys back to int)."""
+    cg = dict(d)
+    if cg.get("pressure") is not None:
+        cg["pressure"] = Pressure(**cg["pressure"])
+    if cg.get("numa_stat") is not None:
+        cg["numa_stat"] = {k: {int(n): v for n, v in nodes.items()} for k, nodes in cg["numa_stat"].items()}
+    return CgroupSample(**cg)
+
+
 def sample_from_dict(d: dict) -> Sample:
     """Inverse of sample_to_dict, also for dicts that went through JSON."""
     d = dict(d)
@@ -182,12 +192,7 @@ def sample_from_dict(d: dict) -> Sample:
     if d.get("vmstat") is not None:
         d["vmstat"] = Vmstat(**d["vmstat"])
     if d.get("cgroup") is not None:
-        cg = dict(d["cgroup"])
-        if cg.get("pressure") is not None:
-            cg["pressure"] = Pressure(**cg["pressure"])
-        if cg.get("numa_stat") is not None:
-            cg["numa_stat"] = {k: {int(n): v for n, v in nodes.items()} for k, nodes in cg["numa_stat"].items()}
-        d["cgroup"] = CgroupSample(**cg)
+        d["cgroup"] = cgroup_from_dict(d["cgroup"])
     d["processes"] = [ProcessSample(**p) for p in d.get("processes") or []]
     if d.get("gpus") is not None:
         gpus = []

@@ -28,29 +28,10 @@ STEP_NS = 1_000_000_000
 
 
 def read_maps(path: str, smaps: bool = False) -> list[dict]:
-    """File mappings of one process merged per file: /proc/<pid>/maps gives the mapping sizes;
-    /proc/<pid>/smaps adds Rss per mapping (resident pages mapped by this process)."""
-    out: dict[tuple, dict] = {}
-    cur = None
-    pid = int(os.path.basename(os.path.dirname(path)))
-    with open(path) as fh:
-        for line in fh:
-            head = line.split(maxsplit=5)
-            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
-                cur = None
-                if len(head) < 6 or not head[5].startswith("/"):
-                    continue
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                name = head[5].rstrip("\n")
-                if name.endswith(" (deleted)"):
-                    continue
-                key = (head[3], int(head[4]), name)
-                cur = out.setdefault(key, {"pid": pid, "path": name, "size_bytes": 0, "dev": head[3],
-                                           "inode": int(head[4]), "rss_bytes": 0 if smaps else None})
-                cur["size_bytes"] += hi - lo
-            elif smaps and cur is not None and line.startswith("Rss:"):
-                cur["rss_bytes"] += int(line.split()[1]) * 1024
-    return list(out.values())
+    """The tool's reader on /proc/<pid>/{maps,smaps} given as a path."""
+    from spark_memprobe.sources.procfs import read_maps as read
+    proc, pid = os.path.split(os.path.dirname(path))
+    return read(int(pid), proc, smaps=smaps)
 
 
 def fixture_recording(scenario: str, path: str, probes: Optional[list] = None) -> str:

@@ -13,7 +13,8 @@ from typing import Optional
 
 from ..feed import FeedHeader, FeedItem
 
-REPORT_EVERY_S = 1.0
+REPORT_EVERY_S = 1.0       # eBPF report, file mappings and other cgroups: at most this often
+OTHERS_MAX = 32            # sibling cgroups read for first-touch owners
 
 
 class LiveFeed:
@@ -40,7 +41,10 @@ class LiveFeed:
             probes = self._start_probes(target)
         self.header = FeedHeader(host=host, target=target_to_dict(target), probes=probes)
         self.report = None
+        self.mapped_files = None
+        self.other_cgroups = None
         self._last_report = 0.0
+        self._last_context = 0.0
 
     def _start_probes(self, target) -> list[dict]:
         from ..events import ProbeStatus
@@ -74,7 +78,43 @@ class LiveFeed:
             if time.monotonic() - self._last_report >= REPORT_EVERY_S:
                 self.report = self.session.collect()
                 self._last_report = time.monotonic()
-        return FeedItem(sample=s, events=evs, report=self.report), end
+        if s is not None and time.monotonic() - self._last_context >= REPORT_EVERY_S:
+            self._read_context(s)
+            self._last_context = time.monotonic()
+        return FeedItem(sample=s, events=evs, report=self.report, mapped_files=self.mapped_files,
+                        other_cgroups=self.other_cgroups), end
+
+    def _read_context(self, s) -> None:
+        """The target's file mappings (names the files whose pages it uses) and its sibling
+        cgroups (names who owns the pages it maps but is not charged for)."""
+        from ..sources.procfs import read_maps
+        files = []
+        for p in s.processes:
+            try:
+                files += read_maps(p.pid, self.resolver.proc, smaps=True)
+            except OSError:
+                continue           # exited since the sample
+        self.mapped_files = {"files": files}
+        t = self.follower.target
+        if not t.cgroup_path or t.cgroup_path == "/":
+            return
+        cgfs = self.follower.sampler.cgfs
+        parent = os.path.dirname(t.cgroup_path.rstrip("/")) or "/"
+        try:
+            with os.scandir(cgfs.directory(parent, t.cgroup_version)) as it:
+                names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return
+        others = []
+        for n in names:
+            path = os.path.join(parent, n)
+            if path == t.cgroup_path or len(others) >= OTHERS_MAX:
+                continue
+            try:
+                others.append(asdict(cgfs.read(path, t.cgroup_version, notes=[], numa=False, procs=True)))
+            except OSError:
+                continue
+        self.other_cgroups = {"cgroups": others}
 
     def close(self) -> None:
         if self.session is not None:
@@ -101,6 +141,7 @@ class Recorder:
         self.path = path
         self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes)
         self._report = None
+        self._context: dict = {}
 
     def write(self, item: FeedItem) -> None:
         from ..events import report_to_dict
@@ -110,6 +151,11 @@ class Recorder:
         if item.report is not None and item.report is not self._report:
             self._report = item.report
             self.w.add_event(item.report.ended_mono_ns, "probes", report_to_dict(item.report))
+        for kind, value in (("mapped_files", item.mapped_files), ("other_cgroups", item.other_cgroups)):
+            if value is not None and value is not self._context.get(kind):
+                if value != self._context.get(kind):        # written when it changed
+                    self.w.add_event(mono, kind, value)
+                self._context[kind] = value
         if item.sample is not None:
             self.w.add_sample(item.sample)
 

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from ..events import ProbeReport, report_from_dict
-from ..ledger import LedgerInputs, MappedFile, build_ledger
+from ..feed import mapped_files_from_event, others_from_event
+from ..ledger import LedgerInputs, build_ledger
 from ..ledger.cuda import model_cuda_free
 from ..ledger.facts import Facts, under
 from ..ledger.inputs import CUDA_DEVICE_KINDS, from_probe_report
 from ..ledger.model import Finding, Ledger
 from ..recording import REMOVED, Recording, RecordingError, unflatten
-from ..samples import CgroupSample, HostInfo, Sample, sample_from_dict
+from ..samples import HostInfo, Sample, sample_from_dict
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -355,24 +356,6 @@ class Events:
     def items(self) -> Iterator[tuple[int, Any]]:
         for i in range(len(self)):
             yield self.mono[i], self.value(i)
-
-
-def mapped_files_from_event(value: dict) -> list[MappedFile]:
-    return [MappedFile(pid=f["pid"], path=f["path"], size_bytes=f.get("size_bytes") or 0, dev=f.get("dev"),
-                       inode=f.get("inode")) for f in (value or {}).get("files") or []]
-
-
-def others_from_event(value: dict) -> list[CgroupSample]:
-    out = []
-    for c in (value or {}).get("cgroups") or []:
-        c = dict(c)
-        if c.get("pressure") is not None:
-            from ..samples import Pressure
-            c["pressure"] = Pressure(**c["pressure"])
-        if c.get("numa_stat") is not None:
-            c["numa_stat"] = {k: {int(n): v for n, v in nodes.items()} for k, nodes in c["numa_stat"].items()}
-        out.append(CgroupSample(**c))
-    return out
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ PARTS = {"faults": "faults.c", "fault_addresses": "fault_addresses.c", "pagecach
 REGION_SHIFT = 21                     # fault_addresses.c MP_REGION_SHIFT
 
 
+PAGE_CACHE_OTHERS = 32      # files cached by other cgroups kept in a targeted report (largest first)
+
+
 class ProbesUnavailable(Exception):
     """No probe can run here (not root, no bcc, bpf() refused); the message is one line."""
 
@@ -420,9 +423,15 @@ class ProbeSession:
                                      key=lambda x: -x.faults)
         if b is not None and "pagecache" in self.parts:
             r.page_cache = []
-            for k, v in b[b"mp_pc_files"].items():
-                if not want(k.cgroup_id, v.last_tgid):
-                    continue
+            for pid in self.target_pids:        # name the files the target maps or holds open
+                self.inodes.from_pid(pid)
+            items = list(b[b"mp_pc_files"].items())
+            # besides the target's own: the largest files cached by anyone else, so that pages
+            # the target uses but another cgroup brought in (first touch) are reported too
+            others = sorted((kv for kv in items if not want(kv[0].cgroup_id, kv[1].last_tgid)),
+                            key=lambda kv: kv[1].removed - kv[1].added)[:PAGE_CACHE_OTHERS]
+            keep = {id(kv) for kv in others}
+            for k, v in (kv for kv in items if id(kv) in keep or want(kv[0].cgroup_id, kv[1].last_tgid)):
                 maj, mnr = kernel_dev(k.dev)
                 if v.last_tgid and self.inodes.lookup(maj, mnr, k.ino) is None:
                     self.inodes.from_pid(v.last_tgid, max_age_s=0)
