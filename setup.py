@@ -49,6 +49,7 @@ setup(
         "rich>=13",
         "nvidia-ml-py>=12.535",
         "docker>=7",          # Docker Engine API client (also Podman's compatible API): sources/engines.py
+        "prometheus_client>=0.17",   # memprobe export: exposition formats and HTTP server (cli/export.py)
     ],
     extras_require={
         # markdown-it-py: the report tests parse the Markdown report as CommonMark

@@ -41,17 +41,38 @@ for line in sys.stdin:
 
 def fresh_file(directory: str, size: int) -> str:
     """A file of `size` bytes whose pages are NOT in the page cache, so that the next
-    reader's cgroup is charged for them (first touch owns the page)."""
+    reader's cgroup is charged for them (first touch owns the page). Written with O_DIRECT
+    where the filesystem allows it (no page cache at all); else written, synced and dropped
+    with POSIX_FADV_DONTNEED, which can leave a few pages behind."""
+    import mmap
     path = os.path.join(directory, f"memprobe-test-{uuid.uuid4().hex[:8]}.bin")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    buf = mmap.mmap(-1, MiB)                      # page-aligned, as O_DIRECT needs
+    buf.write(os.urandom(MiB))
     try:
-        chunk = os.urandom(MiB)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
+        direct = True
+    except OSError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        direct = False
+    try:
         for _ in range(size // MiB):
-            os.write(fd, chunk)
+            try:
+                os.write(fd, buf)
+            except OSError:                       # EINVAL: this filesystem refuses O_DIRECT
+                if not direct:
+                    raise
+                os.close(fd)
+                os.unlink(path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                direct = False
+                for _ in range(size // MiB):
+                    os.write(fd, buf)
+                break
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # clean pages leave the cache
     finally:
         os.close(fd)
+        buf.close()
     return path
 
 

@@ -13,7 +13,7 @@ import sys
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_MISSING, EXIT_BAD_INPUT = range(7)
 EXIT_INTERRUPTED = 130
 
-SUBCOMMANDS = ["snapshot", "doctor", "ls", "attach", "record", "replay", "report", "probes"]
+SUBCOMMANDS = ["snapshot", "doctor", "ls", "attach", "record", "replay", "report", "probes", "export"]
 
 
 class CliError(Exception):

@@ -1,0 +1,558 @@
+"""memprobe export: serve the ledger of every target as Prometheus / OpenMetrics metrics
+(docs/export.md).
+
+Shape: one background thread samples every --interval (host once: meminfo, NVML; each target:
+its cgroup and processes, through sources/targets.Follower), builds one ledger per target,
+turns them into metric families (views/metrics.py) and swaps them into a cache. A scrape only
+reads that cache: it never waits for /proc, cgroupfs, NVML, a container engine or eBPF maps,
+so a slow or hung source makes the data older (memprobe_exporter_data_age_seconds), never a
+scrape slower. Data older than --stale-after is withheld rather than served as current.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import Callable, Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from . import EXIT_OK, EXIT_ERROR, EXIT_PERMISSION, EXIT_USAGE, CliError
+from .attach import TARGET_EXIT, parse_interval
+
+DEFAULT_LISTEN = "127.0.0.1:9464"
+ERROR_STAGES = ("targets", "host", "bpf", "sample", "ledger", "metrics", "cycle")   # memprobe_exporter_errors_total
+HANDLER_TIMEOUT_S = 10.0      # a client that does not send its request within this is dropped
+LISTEN_BACKLOG = 128          # socketserver's default of 5 drops SYNs when Prometheus and others scrape at once
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464', 'localhost:9464' -> (host, port). The host is required:
+    listening beyond loopback must be asked for by address (0.0.0.0, ::)."""
+    t = text.strip()
+    if t.startswith("["):
+        host, sep, port = t[1:].partition("]:")
+    else:
+        host, sep, port = t.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (examples: 127.0.0.1:9464, [::1]:9464, "
+                                         "0.0.0.0:9464)")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def add_parser(sub):
+    p = sub.add_parser("export", help="serve every target's ledger as Prometheus/OpenMetrics metrics",
+                       description="Serve the ledger of each TARGET (or of every running container and pod "
+                                   "with --all-containers) as Prometheus text or OpenMetrics at "
+                                   "http://LISTEN/metrics. A background thread samples every --interval; a "
+                                   "scrape serves the last cycle's result. Without TARGET, host metrics only. "
+                                   "docs/export.md lists every metric.")
+    p.add_argument("targets", nargs="*", metavar="TARGET",
+                   help="container name or ID prefix, pod UID or namespace/name, systemd unit, cgroup path or PID "
+                        "(every form `memprobe attach` takes); a TARGET that exits disappears from the metrics and "
+                        "comes back when it restarts")
+    p.add_argument("--all-containers", action="store_true",
+                   help="export every running container and Kubernetes pod, re-listed every --relist")
+    p.add_argument("--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="HOST:PORT",
+                   help=f"where to serve (default {DEFAULT_LISTEN}, loopback only; port 0 picks a free one)")
+    p.add_argument("--interval", type=parse_interval, default=5.0, metavar="DURATION",
+                   help="time between sampling cycles (default 5s)")
+    p.add_argument("--relist", type=parse_interval, default=None, metavar="DURATION",
+                   help="with --all-containers: how often containers are listed again (default: the interval, "
+                        "at least 5s)")
+    p.add_argument("--top-files", type=int, default=10, metavar="N",
+                   help="with --bpf: page-cache files exported per target (default 10; the rest are summed "
+                        "under file=\"(other)\")")
+    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+                   help="the fraction of free memory an engine gives its KV cache (default 0.9)")
+    p.add_argument("--stale-after", type=parse_interval, default=None, metavar="DURATION",
+                   help="withhold target and host series when the last cycle is older than this (default: 3 "
+                        "intervals, at least 30s)")
+    p.add_argument("--bpf", action="store_true",
+                   help="also attach eBPF probes (page faults, page cache by file, CUDA allocations) when this "
+                        "host allows; without them those metrics are absent")
+    p.add_argument("--bpf-scan-dir", action="append", default=[], metavar="DIR",
+                   help="with --bpf: name page-cache files by scanning DIR (e.g. a model directory)")
+    return p
+
+
+def log(msg: str) -> None:
+    print(f"memprobe export: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- targets
+@dataclass
+class Watched:
+    """One target being followed: its Follower, and how it was asked for."""
+    key: str                              # the TARGET as given, or "container:<id>" / "pod:<uid>"
+    follower: object                      # sources.targets.Follower
+    label: str                            # value of the `target` label
+    fixed: bool
+
+
+def target_labels(t, hostname: str, label: str) -> tuple[dict, dict]:
+    """(identifying labels, descriptive labels) of a sources.targets.Target."""
+    pod = ns = ""
+    pod_uid = t.labels.get("pod_uid") or ""
+    if t.kind == "pod":
+        if t.name and "/" in t.name:
+            ns, pod = t.name.split("/", 1)
+        else:
+            pod = t.name or t.id or pod_uid
+    elif pod_uid:
+        pod = pod_uid                    # the pod's name is not known from the cgroup path: its UID
+    container = container_id = ""
+    if t.kind == "container":
+        container, container_id = t.name or "", t.id or ""
+    elif t.id and t.engine not in (None, "kubernetes", "systemd"):
+        container, container_id = t.labels.get("container_name") or "", t.id
+    ident = {"host": hostname, "target": label, "kind": t.kind, "container": container,
+             "container_id": container_id, "pod": pod, "namespace": ns, "cgroup": t.cgroup_path or ""}
+    info = {"engine": t.engine or "", "image": t.labels.get("image") or "", "qos": t.labels.get("qos") or "",
+            "pod_uid": pod_uid, "containerd_namespace": t.namespace or "",
+            "cgroup_version": str(t.cgroup_version or "")}
+    return ident, info
+
+
+# --------------------------------------------------------------------------- exporter
+@dataclass
+class Snapshot:
+    families: list
+    unix: float
+
+
+@dataclass
+class Exporter:
+    proc: str = "/proc"
+    cgroup_root: str = "/sys/fs/cgroup"
+    queries: list[str] = field(default_factory=list)
+    all_containers: bool = False
+    interval: float = 5.0
+    relist: Optional[float] = None
+    top_files: int = 10
+    kv_fraction: float = 0.9
+    stale_after: Optional[float] = None
+    bpf: bool = False
+    bpf_scan_dirs: list[str] = field(default_factory=list)
+    log: Callable[[str], None] = log
+
+    def __post_init__(self):
+        from ..views.metrics import ExporterStats
+        self.relist = self.relist if self.relist is not None else max(self.interval, 5.0)
+        self.stale_after = self.stale_after if self.stale_after is not None else max(3 * self.interval, 30.0)
+        self.stats = ExporterStats(interval_seconds=self.interval)
+        # counters start at 0 for every stage, so increase() sees the first error
+        self.stats.errors = {stage: 0 for stage in ERROR_STAGES}
+        self.stats.fixed_targets = {q: False for q in self.queries}
+        self.watched: dict[str, Watched] = {}
+        self.snapshot: Optional[Snapshot] = None        # replaced whole, never mutated: scrapes read it lock-free
+        self.host = None
+        self.host_sampler = None
+        self.engines = None
+        self.probes = None
+        self._last_relist = float("-inf")
+        self._last_connect = float("-inf")
+        self._said: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # -- setup -------------------------------------------------------------------------
+    def check_targets(self) -> None:
+        """Resolve every TARGET once: errors that waiting cannot fix (usage, ambiguous,
+        permission, no memory hierarchy) end the command; not found / not running is waited for."""
+        from ..sources.targets import TargetError
+        r = self._resolver()
+        for q in self.queries:
+            try:
+                r.resolve(q)
+            except TargetError as e:
+                if e.kind in ("not_found", "not_running"):
+                    self.log(f"{q}: {e}; exporting it once it appears")
+                else:
+                    raise CliError(f"{q}: {e}", TARGET_EXIT.get(e.kind, EXIT_ERROR))
+
+    def start(self) -> None:
+        from ..sources.cgroupfs import CgroupFS
+        from ..sources.nvml import NvmlReader
+        from ..sources.platform import read_host_info
+        from ..sources.sampler import open_sampler
+        self.cgfs = CgroupFS(self.cgroup_root)
+        # the host once per cycle: meminfo, vmstat and NVML (with each GPU process's owner cgroup)
+        self.host_sampler = open_sampler(proc=self.proc, cgroup_root=self.cgroup_root, nvml=True)
+        first = self.host_sampler.sample()
+        nv = NvmlReader()
+        try:
+            self.host = read_host_info(self.cgfs.layout.mode, nv, first.gpus)
+        finally:
+            nv.close()
+        for n in self.host.notes:
+            self.log(n)
+        if self.bpf:
+            self._start_probes()
+        self.check_targets()
+        self.cycle()
+        self._thread = threading.Thread(target=self._loop, name="memprobe-export-sampler", daemon=True)
+        self._thread.start()
+
+    def _start_probes(self) -> None:
+        from ..sources.bpf import ProbeOptions, ProbeSession, ProbesUnavailable
+        # memcg (fires on every counter update), fault addresses and UVM fentry stay off: a
+        # resident exporter keeps only the probes cheap enough to run all the time
+        opts = ProbeOptions(faults=True, fault_addresses=False, pagecache=True, memcg=False, cuda=True, uvm=False,
+                            scan_dirs=list(self.bpf_scan_dirs))
+        s = ProbeSession(opts, proc=self.proc, cgroup_root=self.cgroup_root, log=self.log)
+        try:
+            s.start()
+        except ProbesUnavailable as e:
+            self.log(f"eBPF probes unavailable ({e}); exporting without eBPF metrics")
+            s.close()
+            return
+        except Exception as e:  # noqa: BLE001 - a compile or attach failure must not stop the exporter
+            self.log(f"eBPF probes failed to start ({type(e).__name__}: {e}); exporting without eBPF metrics")
+            s.close()
+            return
+        chosen = [st.name for st in s.statuses if st.chosen]
+        refused = [f"{st.name} ({st.reason})" for st in s.statuses if not st.chosen and st.reason != "not requested"]
+        self.log(f"eBPF probes attached: {', '.join(chosen) or 'none'}"
+                 + (f"; not attached: {'; '.join(refused)}" if refused else ""))
+        self.probes = s
+
+    def _resolver(self):
+        """A fresh Resolver (no cached listing or /proc scan) over the engines connected once.
+        When none answered, they are asked again at most every --relist (an engine started
+        after the exporter is found then)."""
+        from ..sources.targets import Resolver
+        now = time.monotonic()
+        if self.engines is None or (not self.engines and now - self._last_connect >= self.relist):
+            self._last_connect = now
+            r = Resolver(proc=self.proc, cgroup_root=self.cgroup_root)
+            self.engines = r.engines()
+            return r
+        return Resolver(proc=self.proc, cgroup_root=self.cgroup_root, engines=self.engines)
+
+    def _say(self, key: str, msg: str) -> None:
+        """Log a message about one target only when it changed."""
+        if self._said.get(key) != msg:
+            self._said[key] = msg
+            self.log(msg)
+
+    def _error(self, stage: str, e: BaseException) -> None:
+        self.stats.errors[stage] = self.stats.errors.get(stage, 0) + 1
+        self._say(f"error:{stage}", f"{stage}: {type(e).__name__}: {e}")
+
+    # -- target set ----------------------------------------------------------------------
+    def _add(self, key: str, target, label: str, fixed: bool) -> None:
+        from ..sources.sampler import open_sampler
+        from ..sources.targets import Follower
+        # exit_grace_s=0: a target that went away is dropped at once and looked for again
+        # (fixed TARGETs every cycle, containers at the next listing), so no stale series linger
+        f = Follower(self._resolver(), target, exit_grace_s=0.0, sampler_factory=open_sampler)
+        self.watched[key] = Watched(key, f, label, fixed)
+        self.stats.target_changes["added"] = self.stats.target_changes.get("added", 0) + 1
+        self._say(key, f"following {target.describe()}")
+
+    def _remove(self, key: str, why: str) -> None:
+        w = self.watched.pop(key, None)
+        if w is None:
+            return
+        try:
+            w.follower.close()
+        finally:
+            self.stats.target_changes["removed"] = self.stats.target_changes.get("removed", 0) + 1
+            self._say(key, f"{w.label}: {why}; its series are gone until it comes back")
+
+    def _update_fixed(self) -> None:
+        from ..sources.targets import TargetError
+        missing = [q for q in self.queries if q not in self.watched]
+        if not missing:
+            return
+        r = self._resolver()
+        for q in missing:
+            try:
+                t = r.resolve(q)
+            except TargetError as e:
+                self._say(q, f"{q}: {e}")
+                continue
+            if t.cgroup_path is None and not t.pids:
+                self._say(q, f"{q}: {t.describe()}: nothing to sample")
+                continue
+            self._add(q, t, q, fixed=True)
+
+    def _relist(self) -> None:
+        from ..sources.targets import TargetError, list_targets
+        now = time.monotonic()
+        if now - self._last_relist < self.relist:
+            return
+        self._last_relist = now
+        r = self._resolver()
+        want = {}
+        for lt in list_targets(r, all=False, units=False):
+            if lt.kind not in ("container", "pod") or lt.state != "running" or not lt.cgroup_path or not lt.id:
+                continue
+            want[f"{lt.kind}:{lt.id}"] = lt
+        for key in [k for k, w in self.watched.items() if not w.fixed and k not in want]:
+            self._remove(key, "no longer listed")
+        for key, lt in want.items():
+            if key in self.watched:
+                continue
+            if lt.kind == "container" and lt.source == "engine" and lt.engine in ("docker", "podman", "containerd"):
+                q = f"{lt.engine}:{lt.id}"
+            elif lt.kind == "pod":
+                q = f"pod:{lt.id}"
+            else:
+                q = f"cgroup:{lt.cgroup_path}"
+            try:
+                t = r.resolve(q)
+            except TargetError as e:
+                self._say(key, f"{key}: {e}")
+                continue
+            t.kind = lt.kind                 # a container found by its cgroup path resolves as a cgroup
+            t.id = t.id or lt.id
+            # found by path while its engine still lists it as not running (the moment of a
+            # `docker start`): the engine's name for it, if any engine knows it
+            t.name = t.name or lt.name or t.labels.get("container_name")
+            t.engine = t.engine or lt.engine
+            label = t.name or (lt.id[:12] if lt.kind == "container" else lt.id)
+            self._add(key, t, label, fixed=False)
+
+    # -- one cycle -------------------------------------------------------------------------
+    def cycle(self) -> None:
+        from .. import __version__
+        from ..ledger import build_ledger, from_probe_report
+        from ..views.metrics import TargetMetrics, build_families
+        t0 = time.monotonic()
+        try:
+            if self.queries:
+                self._update_fixed()
+            if self.all_containers:
+                self._relist()
+        except Exception as e:  # noqa: BLE001 - the next cycle tries again
+            self._error("targets", e)
+        host_sample = host_ledger = None
+        try:
+            host_sample = self.host_sampler.sample()
+            host_ledger = build_ledger(self.host, host_sample, kv_fraction=self.kv_fraction)
+        except Exception as e:  # noqa: BLE001
+            self._error("host", e)
+        report = None
+        if self.probes is not None:
+            try:
+                self.probes.poll()
+                report = self.probes.collect()
+                # collect() hands back every CUDA call since start; a resident exporter keeps none
+                self.probes.cuda_calls.clear()
+                for n in report.notes:
+                    # full kernel tables and lost events: said once (the counts stop growing)
+                    key = "bpf:" + re.sub(r"\d+", "N", n)
+                    if ("full" in n or "lost" in n or "not counted" in n) and key not in self._said:
+                        self._said[key] = n
+                        self.log(f"eBPF: {n}")
+            except Exception as e:  # noqa: BLE001
+                self._error("bpf", e)
+        hybrid_v1 = self.cgfs.layout.memory_version == 1
+        out: list[TargetMetrics] = []
+        for key, w in list(self.watched.items()):
+            try:
+                s, events = w.follower.tick()
+            except Exception as e:  # noqa: BLE001
+                self._error("sample", e)
+                continue
+            ended = next((e for e in events if e.kind == "ended"), None)
+            for e in events:
+                if e.kind != "ended":
+                    self._say(key, f"{w.label}: {e.message}")
+            if ended is not None:
+                self._remove(key, ended.message)
+                continue
+            if s is None:
+                continue                     # away for now (restarting): no series this cycle
+            t = w.follower.target
+            try:
+                if host_sample is not None:
+                    s.gpus = host_sample.gpus    # NVML read once per cycle for every target
+                pids = sorted(p.pid for p in s.processes)
+                inputs = None
+                if report is not None:
+                    # hybrid hosts: the probes key page cache by cgroup v2 id; the v1 memory cgroup
+                    # is found through the process that added the pages (ledger/inputs.py)
+                    inputs = from_probe_report(report, pids, adder_cgroup=t.cgroup_path if hybrid_v1 else None)
+                lg = build_ledger(self.host, s, inputs, kv_fraction=self.kv_fraction)
+                ident, info = target_labels(t, self.host.hostname or "", w.label)
+                out.append(TargetMetrics(ident, lg, pids, t.cgroup_path, inputs, info))
+            except Exception as e:  # noqa: BLE001
+                self._error("ledger", e)
+        for q in self.queries:
+            self.stats.fixed_targets[q] = any(tm.labels["target"] == q for tm in out) and q in self.watched
+        self.stats.cycles += 1
+        self.stats.cycle_seconds = time.monotonic() - t0
+        self.stats.last_cycle_unix = time.time()
+        try:
+            fams = build_families(self.host, out, host_ledger, report, self.top_files, self.stats, __version__)
+        except Exception as e:  # noqa: BLE001
+            self._error("metrics", e)
+            return
+        self.snapshot = Snapshot(fams, self.stats.last_cycle_unix)
+
+    def _loop(self) -> None:
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            nxt += self.interval
+            delay = nxt - time.monotonic()
+            if delay < 0:                    # a slow cycle shortens the next wait, never piles up
+                nxt, delay = time.monotonic(), 0.0
+            if self._stop.wait(delay):
+                break
+            try:
+                self.cycle()
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any one cycle
+                self._error("cycle", e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(10.0, 2 * self.interval))
+        for key in list(self.watched):
+            try:
+                self.watched.pop(key).follower.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.host_sampler is not None:
+            self.host_sampler.close()
+        if self.probes is not None:
+            self.probes.close()             # detaches every probe
+            self.probes = None
+        for e in self.engines or []:
+            try:
+                e.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+# --------------------------------------------------------------------------- serving
+class CachedCollector:
+    """What a scrape runs: yields the families of the last cycle (no I/O, no lock), plus the
+    data's age. Past --stale-after only the exporter's own metrics are served."""
+
+    def __init__(self, exporter: Exporter):
+        self.x = exporter
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        snap = self.x.snapshot
+        host = (self.x.host.hostname or "") if self.x.host is not None else ""
+        if snap is None:
+            return
+        age = max(0.0, time.time() - snap.unix)
+        fresh = age <= self.x.stale_after
+        for m in snap.families:
+            if fresh or m.name.startswith("memprobe_exporter_") or m.name in ("memprobe_build", "memprobe_target_up"):
+                yield m
+        a = GaugeMetricFamily("memprobe_exporter_data_age_seconds", "seconds since the sampling cycle whose data "
+                              "this scrape serves ended (target and host series are withheld past --stale-after)",
+                              labels=["host"], unit="seconds")
+        a.add_metric([host], age)
+        yield a
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = HANDLER_TIMEOUT_S
+
+    def log_message(self, format, *args):   # noqa: A002 - the base class's signature
+        pass                                # one line per scrape would flood the journal
+
+
+def make_server(host: str, port: int, app):
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True               # a stuck client never blocks shutdown
+        request_queue_size = LISTEN_BACKLOG
+        allow_reuse_address = True
+
+    srv = Server(addr[:2], _Handler)
+    srv.set_app(app)
+    return srv
+
+
+def make_app(registry):
+    from prometheus_client import make_wsgi_app
+    metrics = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/":
+            body = b"memprobe exporter: metrics at /metrics (docs/export.md)\n"
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: metrics are at /metrics\n"]
+    return app
+
+
+def run(args) -> int:
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    if args.all_containers and args.targets:
+        raise CliError("give TARGET... or --all-containers, not both", EXIT_USAGE)
+    if args.top_files < 0:
+        raise CliError("--top-files must be 0 or more", EXIT_USAGE)
+    if not 0 < args.kv_fraction <= 1:
+        raise CliError("--kv-fraction must be in (0, 1]", EXIT_USAGE)
+    host, port = args.listen
+    x = Exporter(proc=args.proc, cgroup_root=args.cgroup_root, queries=list(args.targets),
+                 all_containers=args.all_containers, interval=args.interval, relist=args.relist,
+                 top_files=args.top_files, kv_fraction=args.kv_fraction, stale_after=args.stale_after,
+                 bpf=args.bpf, bpf_scan_dirs=args.bpf_scan_dir)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CachedCollector(x))
+    ProcessCollector(registry=registry)     # process_cpu_seconds_total etc.: the exporter's own overhead
+    srv, serving = None, False
+    try:
+        try:
+            srv = make_server(host, port, make_app(registry))
+        except PermissionError:
+            raise CliError(f"cannot listen on {host}:{port}: permission denied", EXIT_PERMISSION)
+        except OSError as e:
+            raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}", EXIT_ERROR)
+        x.start()                            # host facts, probes, first cycle: served from the first scrape on
+        threading.Thread(target=srv.serve_forever, name="memprobe-export-http", daemon=True).start()
+        serving = True
+        bound = srv.server_address
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        if not is_loopback(host):
+            log(f"listening beyond loopback ({host}): anyone who can reach this port reads this host's memory "
+                "layout, container names and cgroup paths (no TLS, no authentication; docs/export.md)")
+        what = (f"{len(x.queries)} target(s)" if x.queries else "every container and pod" if x.all_containers
+                else "host only")
+        log(f"serving http://{shown}:{bound[1]}/metrics ({what}, every {x.interval:g} s)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:            # Ctrl-C / SIGTERM: a clean stop, exit 0
+            log("stopping")
+            return EXIT_OK
+    finally:
+        if srv is not None:
+            if serving:
+                srv.shutdown()
+            srv.server_close()
+        x.stop()
