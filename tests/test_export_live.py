@@ -285,7 +285,10 @@ def test_real_prometheus_scrapes_the_ledger_of_a_known_workload(loaded, workdir)
         assert close(p, lg.cell("page_cache", "current")), (p, lg.cell("page_cache", "current"))
         assert close(c, lg.column("current").total), (c, lg.column("current").total)
         assert close(a, ANON_MIB * MiB), a
-        assert close(p, FILE_MIB * MiB), p
+        # the workload's own check is looser: once in ~10 runs on the shared CI VM 2.2 MiB of the
+        # fresh 64 MiB file (3.3 %) was not charged to the test cgroup; Prometheus and the ledger
+        # still agreed exactly (the 2 % checks above)
+        assert close(p, FILE_MIB * MiB, rel=0.05), p
         # the rows of a view add up to its total, in Prometheus too
         s = prom.query(f'sum(memprobe_ledger_bytes{{{sel},view="current"}})')
         assert close(float(s[0]["value"][1]), c, 0.01)
