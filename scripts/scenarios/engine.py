@@ -23,8 +23,13 @@ import sys
 import time
 
 
-def log(step, **kw):
+HOLD_S = 2.0     # after each step: a steady state the recorder (100 ms, eBPF reports 1/s) can see
+
+
+def log(step, hold=True, **kw):
     print(json.dumps({"step": step, "mono_ns": time.monotonic_ns(), **kw}), flush=True)
+    if hold:
+        time.sleep(HOLD_S)
 
 
 def main():
@@ -41,12 +46,12 @@ def main():
 
     with open(os.path.join(a.cgroup_dir, "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
-    log("joined", pid=os.getpid(), cgroup_dir=a.cgroup_dir)
+    log("joined", hold=False, pid=os.getpid(), cgroup_dir=a.cgroup_dir)
 
     import torch
     from safetensors.torch import load_file
     from transformers import LlamaConfig, LlamaForCausalLM
-    log("imported", torch=torch.__version__)
+    log("imported", hold=False, torch=torch.__version__)
 
     state = load_file(a.weights, device="cpu")
     log("weights_loaded_cpu", tensors=len(state), bytes=sum(t.numel() * t.element_size() for t in state.values()),
@@ -97,8 +102,7 @@ def main():
     torch.cuda.empty_cache()
     torch.cuda.synchronize()
     log("freed", torch_allocated=torch.cuda.memory_allocated())
-    time.sleep(1.0)
-    log("exit")
+    log("exit", hold=False)
 
 
 if __name__ == "__main__":
