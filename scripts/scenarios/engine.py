@@ -3,7 +3,7 @@
 downloads. It joins the cgroup given on the command line first, then:
 
   1. loads the safetensors weights (mmap: their pages go through the page cache)
-  2. builds the Llama model on the GPU and copies the weights in
+  2. builds the Llama model on the GPU (bf16) and copies the weights in
   3. profiles one forward pass, empties the cache, and sizes a KV cache the way TensorRT-LLM
      does: fraction x torch.cuda.mem_get_info() free, capped, rounded down to 2 MiB (so the
      caching allocator asks the driver for exactly that many bytes)
@@ -58,10 +58,12 @@ def main():
         file_bytes=os.path.getsize(a.weights), path=os.path.realpath(a.weights))
 
     cfg = LlamaConfig(**json.load(open(a.config)))
-    with torch.device("meta"):
+    torch.set_default_dtype(torch.bfloat16)     # build the model on the GPU directly in bf16
+    with torch.device("cuda"):
         model = LlamaForCausalLM(cfg)
-    model.load_state_dict(state, assign=True, strict=True)
-    model = model.to(device="cuda", dtype=torch.bfloat16).eval()
+    torch.set_default_dtype(torch.float32)
+    model.load_state_dict(state, strict=True)   # copies the mmap'd weights into the GPU tensors
+    model.eval()
     del state
     torch.cuda.synchronize()
     log("weights_on_gpu", torch_allocated=torch.cuda.memory_allocated())

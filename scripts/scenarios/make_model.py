@@ -27,10 +27,13 @@ def main():
                num_attention_heads=a.heads, num_key_value_heads=a.heads, vocab_size=a.vocab,
                max_position_embeddings=2048, tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).to(torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"     # random init is much faster there
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**cfg))
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "model.safetensors")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, path)
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f)
     st = os.stat(path)

@@ -59,12 +59,13 @@ def one_run(label: str, out: str, weights: str, config: str, bpf: bool, args, be
     recorder started (so its probes see what it does) and before the engine."""
     cgdir = fresh_cgroup("memprobe_engine")
     db = os.path.join(out, f"{label}.db")
+    errlog = open(os.path.join(out, f"{label}.record.stderr"), "w")
     rec = subprocess.Popen([*CLI, "record", "cgroup:/memprobe_engine", "-o", db, "--interval", "100ms", "--force",
-                            "--bpf" if bpf else "--no-bpf"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
+                            "--bpf" if bpf else "--no-bpf"], stdout=subprocess.PIPE, stderr=errlog, text=True)
     first = rec.stdout.readline()
     print(f"[{label}] {first.strip()}", flush=True)
     if not first.startswith("recording"):
+        rec.kill()
         rec.wait()
         raise SystemExit(f"[{label}] record did not start: {first}{rec.stdout.read()}")
     time.sleep(1.0)
@@ -82,6 +83,7 @@ def one_run(label: str, out: str, weights: str, config: str, bpf: bool, args, be
     time.sleep(1.5)
     rec.send_signal(signal.SIGINT)
     tail = rec.communicate(timeout=120)[0]
+    errlog.close()
     print(f"[{label}] {tail.strip()}", flush=True)
     for ext in ("md", "html"):
         sh([*CLI, "report", db, "-o", os.path.join(out, f"{label}.{ext}")])

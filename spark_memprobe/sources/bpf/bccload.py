@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import warnings
 import os
 import sys
 from typing import Optional
@@ -63,6 +64,14 @@ def _load_from(pkg_dir: str):
 
 def import_bcc():
     """The bcc module, or None; bcc_error() then says why in one line. Never raises."""
+    # bcc 0.26 has regexes that Python 3.12 warns about when compiling it (invalid escape
+    # sequence, bcc/__init__.py); that noise is not ours to print on every run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return _import_bcc()
+
+
+def _import_bcc():
     global _bcc, _bcc_error
     if _bcc is not None or _bcc_error is not None:
         return _bcc
