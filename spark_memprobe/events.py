@@ -181,7 +181,7 @@ class ProbeReport:
     memcg: Optional[list[MemcgDelta]] = None
     memcg_source: Optional[str] = None                 # "tracepoint" or "memory.stat poll"
     cuda: Optional[list[CudaOutstanding]] = None
-    cuda_calls: Optional[list[CudaCall]] = None
+    cuda_calls: Optional[list[CudaCall]] = None        # calls since the previous report (capped)
     cuda_lost_events: Optional[int] = None
     cgroup_paths: dict[int, str] = field(default_factory=dict)   # v2 id -> path
     notes: list[str] = field(default_factory=list)

@@ -380,7 +380,7 @@ def test_cuda_uprobes_exact_bytes_per_kind_and_zero_after_frees(fakecuda, cgroup
     k2 = _by_kind(r2, caller.p.pid)
     assert {k: v.outstanding_bytes for k, v in k2.items()} == {k: 0 for k in SIZES}
     assert {k: v.frees for k, v in k2.items()} == CALLS
-    calls = [c for c in r2.cuda_calls if c.pid == caller.p.pid]
+    calls = [c for c in r1.cuda_calls + r2.cuda_calls if c.pid == caller.p.pid]   # each: since the last collect
     assert [c.func for c in calls if c.result == 0][:2] == ["cuMemAlloc_v2", "cuMemAlloc_v2"]
     assert [(c.func, c.size_bytes) for c in calls if c.result == 0 and c.kind == "managed"] == \
         [("cuMemAllocManaged", 32 << 20), ("cuMemFree_v2", 32 << 20)]   # nested cuMemAlloc_v2 not counted

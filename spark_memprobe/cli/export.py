@@ -352,9 +352,7 @@ class Exporter:
         if self.probes is not None:
             try:
                 self.probes.poll()
-                report = self.probes.collect()
-                # collect() hands back every CUDA call since start; a resident exporter keeps none
-                self.probes.cuda_calls.clear()
+                report = self.probes.collect()       # its CUDA call list: since the previous collect
                 for n in report.notes:
                     # full kernel tables and lost events: said once (the counts stop growing)
                     key = "bpf:" + re.sub(r"\d+", "N", n)

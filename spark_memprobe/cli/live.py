@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict
 from typing import Optional
@@ -15,6 +16,35 @@ from ..feed import FeedHeader, FeedItem
 
 REPORT_EVERY_S = 1.0       # eBPF report, file mappings and other cgroups: at most this often
 OTHERS_MAX = 32            # sibling cgroups read for first-touch owners
+
+
+class ProbeWorker:
+    """Owns the eBPF session in its own thread: polls its buffers and collects a report once a
+    second. bcc can stall for seconds (attaching uprobes to a newly loaded libcuda parses that
+    100 MB library), and sampling must not stall with it; the feed only reads `report`."""
+
+    def __init__(self, session):
+        self.session = session
+        self.report = None
+        self.error: Optional[str] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memprobe-probes", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = 0.0
+        try:
+            while not self._stop.is_set():
+                self.session.poll(100)
+                if time.monotonic() - last >= REPORT_EVERY_S:
+                    self.report = self.session.collect()
+                    last = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - a failing probe ends eBPF, not the run
+            self.error = f"eBPF probes stopped: {e}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class LiveFeed:
@@ -36,14 +66,16 @@ class LiveFeed:
             nvml.close()
         self.capabilities = checks_to_dicts(run_checks())
         self.session = None
+        self.worker = None
         probes = None
         if bpf:
             probes = self._start_probes(target)
+            if self.session is not None:
+                self.worker = ProbeWorker(self.session)
         self.header = FeedHeader(host=host, target=target_to_dict(target), probes=probes)
         self.report = None
         self.mapped_files = None
         self.other_cgroups = None
-        self._last_report = 0.0
         self._last_context = 0.0
 
     def _start_probes(self, target) -> list[dict]:
@@ -73,11 +105,12 @@ class LiveFeed:
         s, events = self.follower.tick()
         evs = [{"kind": e.kind, "message": e.message, "wall_ns": e.wall_ns, "facts": e.facts} for e in events]
         end = next((e for e in evs if e["kind"] == "ended"), None)
-        if self.session is not None:
-            self.session.poll(0)
-            if time.monotonic() - self._last_report >= REPORT_EVERY_S:
-                self.report = self.session.collect()
-                self._last_report = time.monotonic()
+        if self.worker is not None:
+            self.report = self.worker.report
+            if self.worker.error and not any(self.worker.error in e["message"] for e in evs):
+                evs.append({"kind": "probes-stopped", "message": self.worker.error, "wall_ns": time.time_ns(),
+                            "facts": {}})
+                self.worker.error = None
         if s is not None and time.monotonic() - self._last_context >= REPORT_EVERY_S:
             self._read_context(s)
             self._last_context = time.monotonic()
@@ -91,7 +124,8 @@ class LiveFeed:
         files = []
         for p in s.processes:
             try:
-                files += read_maps(p.pid, self.resolver.proc, smaps=True)
+                # maps, not smaps: smaps walks every page table, seconds on a CUDA process
+                files += read_maps(p.pid, self.resolver.proc)
             except OSError:
                 continue           # exited since the sample
         self.mapped_files = {"files": files}
@@ -117,6 +151,9 @@ class LiveFeed:
         self.other_cgroups = {"cgroups": others}
 
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
         if self.session is not None:
             try:
                 self.session.close()

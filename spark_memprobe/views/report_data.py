@@ -791,8 +791,8 @@ def _cuda_from_probes(probes_ev: Events, pids: set[int], mono0: int, limit: int 
                      "(eBPF uprobes on libcuda)", "eBPF CUDA uprobes") for k, vals in sorted(kinds.items())}
     calls: list[CudaCallRow] = []
     total = {"calls": 0, "allocations": 0, "frees": 0, "failed": 0}
-    if n:
-        for c in probes_ev.key(n - 1, "cuda_calls") or []:
+    for i in range(n):            # each report lists the calls since the previous one
+        for c in probes_ev.key(i, "cuda_calls") or []:
             if not isinstance(c, dict) or c.get("pid") not in pids:
                 continue
             func = str(c.get("func", "?"))

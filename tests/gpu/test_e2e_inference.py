@@ -89,10 +89,12 @@ def test_cuda_allocations_by_kind_match_the_engine_and_nvml(runs):
     def nvml_used(item):
         return sum(g.used_bytes for g in item.sample.gpus)
 
-    calls = [c for c in k.report.cuda_calls if c.pid == r.pid and c.result == 0]
+    # each eBPF report lists the calls since the previous one: gather them up to the KV sample
+    calls = [c for m, _, v in r.feed.rec.events("probes") if m <= k.sample.mono_ns
+             for c in v.get("cuda_calls") or [] if c["pid"] == r.pid and c["result"] == 0]
     print("KV", kv, "pinned", pinned, "device", device(w), device(k), "host", host(k),
           "nvml proc", nvml_proc(w), nvml_proc(k), "nvml used", nvml_used(w), nvml_used(k))
-    assert any(c.kind == "device" and c.size_bytes == kv for c in calls), "no driver allocation of the KV bytes"
+    assert any(c["kind"] == "device" and c["size_bytes"] == kv for c in calls), "no driver allocation of the KV bytes"
     assert host(k) == pinned
     grew_uprobes = device(k) - device(w)
     assert abs((nvml_proc(k) - nvml_proc(w)) - grew_uprobes) <= 0.02 * nvml_proc(k)

@@ -31,6 +31,7 @@ PARTS = {"faults": "faults.c", "fault_addresses": "fault_addresses.c", "pagecach
 REGION_SHIFT = 21                     # fault_addresses.c MP_REGION_SHIFT
 
 
+CUDA_CALLS_PER_REPORT = 500   # calls listed per report (all are counted in outstanding bytes)
 PAGE_CACHE_OTHERS = 32      # files cached by other cgroups kept in a targeted report (largest first)
 
 
@@ -457,7 +458,10 @@ class ProbeSession:
                            "flushed lazily, tens of pages per CPU of error; no per-update stream")
         if b is not None and "cuda" in self.parts:
             r.cuda = []
-            call_comm = {c.pid: c.comm for c in self.cuda_calls if c.comm}
+            # the call stream: calls since the previous collect(), so a report stays small on a
+            # long run (the outstanding bytes above are the cumulative view)
+            calls, self.cuda_calls = self.cuda_calls, []
+            call_comm = {c.pid: c.comm for c in calls if c.comm}
             for k, v in b[b"mp_cu_outstanding"].items():
                 if not want(v.cgroup_id, k.tgid):
                     continue
@@ -466,7 +470,13 @@ class ProbeSession:
                     frees=v.frees, failed_calls=v.failed, cgroup_id=v.cgroup_id,
                     comm=self.procs.comm.get(k.tgid) or call_comm.get(k.tgid)))
             r.cuda.sort(key=lambda c: (c.pid, CUDA_KINDS.index(c.kind) if c.kind in CUDA_KINDS else 99))
-            r.cuda_calls = [c for c in self.cuda_calls if want(c.cgroup_id, c.pid)]
+            kept = [c for c in calls if want(c.cgroup_id, c.pid)]
+            if len(kept) > CUDA_CALLS_PER_REPORT:
+                r.notes.append(f"{len(kept) - CUDA_CALLS_PER_REPORT} CUDA calls of this interval left out of "
+                               f"the call list (the {CUDA_CALLS_PER_REPORT} largest kept); outstanding bytes count them")
+                kept = sorted(kept, key=lambda c: -(c.size_bytes or 0))[:CUDA_CALLS_PER_REPORT]
+                kept.sort(key=lambda c: c.ts_ns)
+            r.cuda_calls = kept
             r.cuda_lost_events = self.cuda_lost
         if self.uvm_bpf is not None:
             n = sum(v.value for _, v in self.uvm_bpf[b"mp_uvm_calls"].items())
