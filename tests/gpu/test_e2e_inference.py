@@ -95,7 +95,11 @@ def test_cuda_allocations_by_kind_match_the_engine_and_nvml(runs):
     print("KV", kv, "pinned", pinned, "device", device(w), device(k), "host", host(k),
           "nvml proc", nvml_proc(w), nvml_proc(k), "nvml used", nvml_used(w), nvml_used(k))
     assert any(c["kind"] == "device" and c["size_bytes"] == kv for c in calls), "no driver allocation of the KV bytes"
-    assert host(k) == pinned
+    # the engine's two pinned buffers, exactly, as two cuMemHostAlloc calls; torch adds a few
+    # bytes of pinned memory of its own (5 B measured on the H100)
+    assert sorted(c["size_bytes"] for c in calls if c["func"] == "cuMemHostAlloc" and c["size_bytes"] >= 1 << 20) \
+        == [pinned // 2, pinned // 2]
+    assert pinned <= host(k) <= pinned + (1 << 20)
     grew_uprobes = device(k) - device(w)
     assert abs((nvml_proc(k) - nvml_proc(w)) - grew_uprobes) <= 0.02 * nvml_proc(k)
     assert abs((nvml_used(k) - nvml_used(w)) - grew_uprobes) <= 0.02 * nvml_used(k)
@@ -129,7 +133,7 @@ def test_kv_rule_silent_on_discrete_with_the_uma_prediction(runs):
     r = runs["A"]
     led = ledger_of(r.item("kv_and_pinned"), r.feed.header)
     rule = led.rule("kv_cache_thief")
-    assert led.platform == "discrete" and rule.status == "silent" and "integrated" in rule.reason
+    assert led.platform == "discrete" and rule.status == "silent" and "discrete" in rule.reason
     assert led.kv.prediction and not led.kv.applies and led.kv.lost_bytes is not None
     assert "PREDICTION" in r.md.upper() and "discrete" in r.md
 
