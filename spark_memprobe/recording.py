@@ -16,8 +16,9 @@ Conventions between `memprobe record` and its readers (report, replay, export):
   header keys  "host" (HostInfo as a dict), "capabilities" (doctor checks), "target" (the
                resolved Target as a dict), "probes" (ProbeStatus dicts, chosen and refused; None
                when eBPF was off), "interval_ns", "argv", "started_wall_ns", "kv_fraction"
-  event kinds  "probes": an events.ProbeReport dict, cumulative since the start, at most once a
-               second (the ledger of a sample uses the last one at or before it);
+  event kinds  "probes": an events.ProbeReport dict, cumulative since the start except its
+               cuda_calls (the calls since the previous report), written when CUDA memory moved and
+               at least every 10 s otherwise (the ledger of a sample uses the last one at or before it);
                "target": a follow event (restart, exit) as a dict;
                "recording_stopped": why the recording ended early;
                "mapped_files": the target's file mappings, {"files": [{"pid", "path",

@@ -16,6 +16,7 @@ from ..feed import FeedHeader, FeedItem
 
 REPORT_EVERY_S = 1.0       # eBPF report, file mappings and other cgroups: at most this often
 OTHERS_MAX = 32            # sibling cgroups read for first-touch owners
+PROBES_STEADY_S = 10.0     # eBPF reports recorded at least this often when CUDA memory is still
 
 
 class ProbeWorker:
@@ -178,6 +179,8 @@ class Recorder:
         self.path = path
         self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes)
         self._report = None
+        self._sig: tuple = ()
+        self._probes_ns = 0
         self._context: dict = {}
 
     def write(self, item: FeedItem) -> None:
@@ -185,9 +188,15 @@ class Recorder:
         mono = item.sample.mono_ns if item.sample is not None else time.monotonic_ns()
         for e in item.events:
             self.w.add_event(mono, "target", e)
-        if item.report is not None and item.report is not self._report:
-            self._report = item.report
-            self.w.add_event(item.report.ended_mono_ns, "probes", report_to_dict(item.report))
+        r = item.report
+        if r is not None and r is not self._report:
+            self._report = r
+            # a report when CUDA memory moved (its calls are only in this one), else every
+            # PROBES_STEADY_S: a long recording stays small (docs/record.md)
+            sig = tuple((c.pid, c.kind, c.outstanding_bytes) for c in r.cuda or [])
+            if sig != self._sig or r.cuda_calls or r.ended_mono_ns - self._probes_ns >= PROBES_STEADY_S * 1e9:
+                self.w.add_event(r.ended_mono_ns, "probes", report_to_dict(r))
+                self._sig, self._probes_ns = sig, r.ended_mono_ns
         for kind, value in (("mapped_files", item.mapped_files), ("other_cgroups", item.other_cgroups)):
             if value is not None and value is not self._context.get(kind):
                 if value != self._context.get(kind):        # written when it changed

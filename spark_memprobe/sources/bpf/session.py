@@ -32,6 +32,7 @@ REGION_SHIFT = 21                     # fault_addresses.c MP_REGION_SHIFT
 
 
 CUDA_CALLS_PER_REPORT = 500   # calls listed per report (all are counted in outstanding bytes)
+PAGE_CACHE_LISTED = 96     # files listed per report, largest first (an engine caches thousands)
 PAGE_CACHE_OTHERS = 32      # files cached by other cgroups kept in a targeted report (largest first)
 
 
@@ -447,6 +448,11 @@ class ProbeSession:
                     last_pid=v.last_tgid or None, path=hit[0] if hit else None, path_source=hit[1] if hit else None,
                     cgroup_path=self.v2ids.path(k.cgroup_id) if k.cgroup_id else None, page_size=self.page_size))
             r.page_cache.sort(key=lambda f: -f.net_pages)
+            if len(r.page_cache) > PAGE_CACHE_LISTED:
+                rest = r.page_cache[PAGE_CACHE_LISTED:]
+                r.notes.append(f"{len(rest)} smaller cached files ({sum(max(0, f.net_bytes) for f in rest)} bytes) "
+                               f"not listed: a report lists the {PAGE_CACHE_LISTED} largest")
+                r.page_cache = r.page_cache[:PAGE_CACHE_LISTED]
             st = b[b"mp_pc_stats"]
             r.page_cache_untracked_pages = st[0].value
             if st[1].value:
