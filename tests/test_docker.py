@@ -19,7 +19,6 @@ import pytest
 
 from engines.cleanup import existing_cgroups, remove_cgroup_tree
 from spark_memprobe.sources.cgroupfs import CgroupFS
-from engines.dockerd import PrivateDockerd, why_not_available
 
 pytestmark = pytest.mark.docker
 MiB = 1 << 20
@@ -28,21 +27,6 @@ HOG_MIB = 200
 
 def within(value, expected, rel=0.05) -> bool:
     return value is not None and abs(value - expected) <= rel * expected
-
-
-@pytest.fixture(scope="module")
-def dockerd():
-    why = why_not_available()
-    if why:
-        pytest.skip(why)
-    d = PrivateDockerd()
-    try:
-        d.start()
-        d.build_image()
-        yield d
-    finally:
-        problems = d.stop()
-        assert not problems, f"teardown left things behind: {problems}"
 
 
 @pytest.fixture(scope="module")

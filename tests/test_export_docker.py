@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from engines.dockerd import IMAGE, PrivateDockerd, why_not_available
+from engines.dockerd import IMAGE
 from test_export_live import Exporter, close, pick, wait_for
 from spark_memprobe.ledger import build_ledger
 from spark_memprobe.samples import HostInfo, PlatformProfile
@@ -18,21 +18,6 @@ from spark_memprobe.sources.sampler import PureSampler
 pytestmark = [pytest.mark.docker, pytest.mark.live]
 MiB = 1 << 20
 HOG_MIB = 96
-
-
-@pytest.fixture(scope="module")
-def dockerd():
-    why = why_not_available()
-    if why:
-        pytest.skip(why)
-    d = PrivateDockerd()
-    try:
-        d.start()
-        d.build_image()
-        yield d
-    finally:
-        problems = d.stop()
-        assert not problems, f"teardown left things behind: {problems}"
 
 
 def test_containers_come_and_go_with_their_names(dockerd):

@@ -203,17 +203,8 @@ def workdir():
 
 
 @pytest.fixture
-def cgroup():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a memory cgroup")
-    try:
-        cg = LiveCgroup()
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    try:
-        yield cg
-    finally:
-        cg.cleanup()          # kills the child and removes the cgroup, also when the test failed
+def cgroup(live_cgroup):
+    return live_cgroup
 
 
 @pytest.fixture

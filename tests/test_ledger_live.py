@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from livecg import MiB, LiveCgroup, fresh_file
+from livecg import MiB, fresh_file
 from spark_memprobe.ledger import build_ledger, from_probe_report
 from spark_memprobe.samples import HostInfo, PlatformProfile
 from spark_memprobe.sources.sampler import PureSampler
@@ -29,17 +29,8 @@ def fstype(path: str) -> str:
 
 
 @pytest.fixture
-def cgroup():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a memory cgroup")
-    try:
-        cg = LiveCgroup()
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    try:
-        yield cg
-    finally:
-        cg.cleanup()          # kills the child and removes the cgroup, also when the test failed
+def cgroup(live_cgroup):
+    return live_cgroup
 
 
 def test_live_file_and_anon_land_in_their_rows(cgroup, tmp_path):
