@@ -114,6 +114,24 @@ def test_attach_by_name_reads_200_mib_like_docker_stats(dockerd, hog):
     assert objs[-1]["kind"] == "count" and objs[-1]["samples"] == 3
 
 
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (scripts/setup.sh --test)")
+def test_attach_tui_in_tmux_against_the_container(dockerd, hog):
+    """`sudo memprobe attach <container>` in a real terminal: the full screen, then q."""
+    from tmuxterm import Tmux
+    t = Tmux([sys.executable, "-m", "spark_memprobe.cli", "attach", "memprobe-hog"], 100, 30, env=dockerd.env())
+    try:
+        screen = t.wait_for("memprobe LIVE", "where the bytes are counted", "findings", "memory.current",
+                            timeout=60)
+        assert f"memprobe-hog (docker {hog.id[:12]})" in screen          # the target line
+        anon = [line for line in screen.splitlines() if line.startswith("anon ")][0].split()
+        assert anon[1:3] == ["200", "MiB"] or anon[1:3] == ["201", "MiB"], anon
+        t.send("q")
+        assert t.rc() == 0
+        assert "quit: left" in t.capture()
+    finally:
+        t.close()
+
+
 def test_attach_by_id_prefix_plain_lines(dockerd, hog):
     for prefix in (hog.id[:12], hog.id[:5]):
         r = memprobe(dockerd.env(), "attach", prefix, "--count", "2", "--interval", "100ms")

@@ -196,6 +196,7 @@ def _cuda(st: TuiState, width: int, n: int) -> Optional[Text]:
 
 
 def render_screen(st: TuiState, width: int, height: int) -> Group:
+    width -= 1          # a line as wide as the terminal wraps there (seen in tmux): keep one column free
     parts: list = [_header(st, width)]
     used = 3 + (1 if st.ended or st.events else 0)
     if st.show_help:
