@@ -39,6 +39,17 @@ for line in sys.stdin:
 """
 
 
+def fstype(path: str) -> str:
+    """Filesystem type of the mount holding path (/proc/self/mounts: longest matching prefix)."""
+    best, kind = "", "?"
+    for line in open("/proc/self/mounts"):
+        f = line.split()
+        mnt = f[1].replace("\\040", " ")
+        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, kind = mnt, f[2]
+    return kind
+
+
 def fresh_file(directory: str, size: int) -> str:
     """A file of `size` bytes whose pages are NOT in the page cache, so that the next
     reader's cgroup is charged for them (first touch owns the page). Written with O_DIRECT

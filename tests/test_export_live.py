@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from livecg import MiB, LiveCgroup, fresh_file
+from livecg import MiB, LiveCgroup, fresh_file, fstype
 from spark_memprobe.ledger import build_ledger
 from spark_memprobe.samples import HostInfo, PlatformProfile
 from spark_memprobe.sources.cgroupfs import CgroupFS
@@ -50,16 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def fstype(path: str) -> str:
-    best, kind = "", "?"
-    for line in open("/proc/self/mounts"):
-        f = line.split()
-        mnt = f[1].replace("\\040", " ")
-        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best, kind = mnt, f[2]
-    return kind
 
 
 def http_get(url: str, timeout: float = 10.0, headers=None) -> tuple[int, bytes, float]:

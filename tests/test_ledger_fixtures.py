@@ -5,7 +5,6 @@ comments); tolerances appear only where two samples are compared, because memory
 flushed lazily from per-CPU batches (DESIGN.md section 6)."""
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import os
@@ -352,22 +351,6 @@ def test_kv_model_reproduces_every_published_run():
 
 
 # -- layering, JSON and replay --------------------------------------------------------------------
-
-def test_ledger_never_imports_sources():
-    root = os.path.join(os.path.dirname(__file__), "..", "spark_memprobe")
-    files = [os.path.join(root, "ledger", n) for n in os.listdir(os.path.join(root, "ledger")) if n.endswith(".py")]
-    files.append(os.path.join(root, "views", "ledger.py"))
-    assert len(files) > 5
-    for path in files:
-        for node in ast.walk(ast.parse(open(path).read())):
-            names = []
-            if isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for n in names:
-                assert "sources" not in n.split("."), f"{path} imports {n}"
-
 
 def test_ledger_json_and_replay_give_the_same_ledger():
     host, s = load_step(step(CG2, "07"), "memprobe_fixture")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from livecg import MiB, fresh_file
+from livecg import MiB, fresh_file, fstype
 from spark_memprobe.ledger import build_ledger, from_probe_report
 from spark_memprobe.samples import HostInfo, PlatformProfile
 from spark_memprobe.sources.sampler import PureSampler
@@ -15,17 +15,6 @@ from spark_memprobe.sources.sampler import PureSampler
 pytestmark = pytest.mark.live
 
 FILE_MIB, ANON_MIB = 160, 192
-
-
-def fstype(path: str) -> str:
-    """Filesystem type of the mount holding path (/proc/self/mounts: longest matching prefix)."""
-    best, kind = "", "?"
-    for line in open("/proc/self/mounts"):
-        f = line.split()
-        mnt = f[1].replace("\\040", " ")
-        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best, kind = mnt, f[2]
-    return kind
 
 
 @pytest.fixture

@@ -306,21 +306,3 @@ def test_bad_recordings_one_line_exit_6(recs, tmp_path, capsys):
         # a comparison with one bad side fails the same way
         assert main(["report", recs[CG2], path]) == EXIT_BAD_INPUT, name
         capsys.readouterr()
-
-
-def test_report_views_never_import_sources():
-    """views render recordings as they ran: report modules read recording and ledger, never sources."""
-    import ast
-    root = os.path.join(os.path.dirname(__file__), "..", "spark_memprobe")
-    files = [os.path.join(root, "views", n) for n in os.listdir(os.path.join(root, "views"))
-             if n.startswith("report") or n == "svg.py"] + [os.path.join(root, "cli", "report.py")]
-    assert len(files) >= 7
-    for path in files:
-        for node in ast.walk(ast.parse(open(path).read())):
-            names = []
-            if isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for n in names:
-                assert "sources" not in n.split("."), f"{path} imports {n}"
