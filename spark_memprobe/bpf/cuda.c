@@ -173,9 +173,10 @@ static __always_inline void mp_cu_emit(struct pt_regs *ctx, u64 id, u64 cg, u32 
     mp_cu_events.perf_submit(ctx, &e, sizeof(e));
 }
 
-static __always_inline int mp_cu_alloc_return(struct pt_regs *ctx)
+/* The entry of this thread's outermost hooked call, taken out of the table; 0 when there is
+ * none, or when a nested hooked call returns (its depth is counted down instead). */
+static __always_inline int mp_cu_take_pending(u64 id, struct mp_cu_pending *p)
 {
-    u64 id = bpf_get_current_pid_tgid();
     struct mp_cu_pending *pp = mp_cu_pending.lookup(&id);
     if (!pp)
         return 0;
@@ -183,8 +184,17 @@ static __always_inline int mp_cu_alloc_return(struct pt_regs *ctx)
         pp->depth -= 1;     // return of a nested hooked call
         return 0;
     }
-    struct mp_cu_pending p = *pp;
+    *p = *pp;
     mp_cu_pending.delete(&id);
+    return 1;
+}
+
+static __always_inline int mp_cu_alloc_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct mp_cu_pending p = {};
+    if (!mp_cu_take_pending(id, &p))
+        return 0;
     s32 rc = (s32)PT_REGS_RC(ctx);
     u64 cg = bpf_get_current_cgroup_id();
     u32 tgid = id >> 32;
@@ -224,15 +234,9 @@ static __always_inline int mp_cu_alloc_return(struct pt_regs *ctx)
 static __always_inline int mp_cu_free_return(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
-    struct mp_cu_pending *pp = mp_cu_pending.lookup(&id);
-    if (!pp)
+    struct mp_cu_pending p = {};
+    if (!mp_cu_take_pending(id, &p))
         return 0;
-    if (pp->depth) {
-        pp->depth -= 1;     // return of a nested hooked call
-        return 0;
-    }
-    struct mp_cu_pending p = *pp;
-    mp_cu_pending.delete(&id);
     s32 rc = (s32)PT_REGS_RC(ctx);
     u64 cg = bpf_get_current_cgroup_id();
     u32 tgid = id >> 32;
