@@ -14,10 +14,11 @@ from spark_memprobe.sources.cgroupfs import CgroupFS
 
 MiB = 1 << 20
 
-# The child: joins the cgroup, then obeys "anon N", "read PATH", "free", "exit" on stdin,
-# answering "ok" after each so the test knows the memory is in place.
+# The child: joins the cgroup, then obeys "anon N", "read PATH", "map PATH" (mmap and touch
+# every page), "mapcold PATH" (mmap, touch nothing), "free", "exit" on stdin, answering "ok"
+# after each so the test knows the memory is in place.
 CHILD = r"""
-import os, sys
+import mmap, os, sys
 open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
 keep = []
 print("ok", flush=True)
@@ -31,6 +32,12 @@ for line in sys.stdin:
         with open(arg[0], "rb") as f:
             while f.read(1 << 20):
                 pass
+    elif cmd in ("map", "mapcold"):
+        f = open(arg[0], "rb")
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        if cmd == "map":                       # resident and mapped
+            sum(m[off] for off in range(0, len(m), 4096))
+        keep.append((f, m))
     elif cmd == "free":
         keep.clear()
     elif cmd == "exit":

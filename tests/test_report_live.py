@@ -17,7 +17,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 
 import pytest
 
@@ -31,39 +30,6 @@ from spark_memprobe.views.report_md import render_markdown
 
 FILE_MIB = 192
 TOL = 0.05                        # memory.stat flush lag and the child's own pages
-
-CHILD = r"""
-import mmap, os, sys
-open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
-keep = []
-print("ok", flush=True)
-for line in sys.stdin:
-    cmd, *arg = line.split()
-    if cmd == "read":
-        with open(arg[0], "rb") as f:
-            while f.read(1 << 20):
-                pass
-    elif cmd in ("map", "mapcold"):
-        f = open(arg[0], "rb")
-        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        if cmd == "map":                       # touch every page: resident and mapped
-            s = 0
-            for off in range(0, len(m), 4096):
-                s += m[off]
-        keep.append((f, m))
-    elif cmd == "exit":
-        break
-    print("ok", flush=True)
-"""
-
-
-class MapCgroup(LiveCgroup):
-    def start_child(self) -> int:
-        self.child = subprocess.Popen([sys.executable, "-c", CHILD, self.dir], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True)
-        self._wait_ok()
-        return self.child.pid
-
 
 def needs_root_cgroups():
     if os.geteuid() != 0:
@@ -101,7 +67,7 @@ def workdir(tmp_path):
 
 def run_a(workdir, tmp_path, path) -> str:
     """Run A: the target reads the file first (charged to it) and maps every page."""
-    cg = MapCgroup()
+    cg = LiveCgroup()
     try:
         cg.start_child()
         cg.do(f"read {path}")
@@ -116,7 +82,7 @@ def test_compare_names_the_dropped_file(workdir, tmp_path):
     try:
         a = run_a(workdir, tmp_path, path)
         drop_cache(path)
-        cg = MapCgroup()
+        cg = LiveCgroup()
         try:
             cg.start_child()
             cg.do(f"mapcold {path}")            # mapped, never touched: not in the page cache
@@ -151,13 +117,13 @@ def test_compare_names_first_touch_ownership(workdir, tmp_path):
     try:
         a = run_a(workdir, tmp_path, path)
         drop_cache(path)
-        warmer = MapCgroup()
+        warmer = LiveCgroup()
         cg = None
         try:
             warmer.start_child()
             warmer.do(f"read {path}")            # first touch: the file's pages are charged to warmer
             warmer.stop_child()                  # and its process is gone
-            cg = MapCgroup()
+            cg = LiveCgroup()
             cg.start_child()
             cg.do(f"map {path}")                 # the target maps every page: cached, owned by warmer
             b = record(str(tmp_path / "b.db"), cg, others=[warmer])
@@ -202,7 +168,7 @@ def test_compare_names_the_file_from_ebpf_page_cache(workdir, tmp_path):
     try:
         runs = []
         for name, warm in (("a", True), ("b", False)):
-            cg = MapCgroup()
+            cg = LiveCgroup()
             try:
                 cg.start_child()
                 r = MiniRecorder(str(tmp_path / f"{name}.db"), cg.path, cg.version, bpf=True)
