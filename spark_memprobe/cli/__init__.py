@@ -2,7 +2,7 @@
 
 Exit codes (docs/exit-codes.md): 0 ok, 1 unexpected error, 2 usage, 3 target not found,
 4 permission denied, 5 needed facility missing (e.g. no memory cgroup hierarchy),
-6 bad input file (corrupt / foreign / newer recording), 130 interrupted (Ctrl-C)."""
+6 bad input file (corrupt / foreign / newer recording), 7 output not writable, 130 interrupted (Ctrl-C)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ import importlib
 import signal
 import sys
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_MISSING, EXIT_BAD_INPUT = range(7)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_MISSING, EXIT_BAD_INPUT, EXIT_OUTPUT = range(8)
 EXIT_INTERRUPTED = 130
 
 SUBCOMMANDS = ["snapshot", "doctor", "ls", "attach", "record", "replay", "report", "probes", "export"]
