@@ -48,6 +48,27 @@ class Pressure:
 
 
 @dataclass
+class Zone:
+    """One zone of the page allocator, in pages of the host's page size. From /proc/zoneinfo:
+    free pages, watermarks (high includes boost, as the kernel prints it), managed pages and
+    `protection` (lowmem_reserve[] against allocations that may use higher zones); from
+    /proc/buddyinfo free blocks per order (order 0 first); from /proc/pagetypeinfo (root only,
+    slow) the same per migrate type. None: not read."""
+    node: int
+    name: str
+    free_pages: Optional[int] = None
+    boost_pages: Optional[int] = None
+    min_pages: Optional[int] = None
+    low_pages: Optional[int] = None
+    high_pages: Optional[int] = None
+    managed_pages: Optional[int] = None
+    present_pages: Optional[int] = None
+    protection_pages: Optional[list[int]] = None
+    free_blocks: Optional[list[int]] = None
+    free_blocks_by_type: Optional[dict[str, list[int]]] = None
+
+
+@dataclass
 class CgroupSample:
     """One memory cgroup. v2 names throughout; on cgroup v1 only the fields whose meaning
     matches are filled (mapping in docs/snapshot.md and sources/cgroupfs.py), the rest
