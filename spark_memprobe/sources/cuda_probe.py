@@ -6,15 +6,24 @@ as a child process that calls cuInit and reads device attributes (no context is 
 with meminfo=True the child also creates the primary context and reads cuMemGetInfo, the
 "free" that engines size their KV cache from, then exits (the context dies with it).
 
-    python -m spark_memprobe.sources.cuda_probe [--meminfo]    prints one JSON object
+    python -I .../spark_memprobe/sources/cuda_probe.py [--meminfo]    prints one JSON object
+
+The child runs this file as a script in isolated mode (sources/child_process.py), so it
+imports nothing from the working directory, and only the standard library.
 """
 from __future__ import annotations
 
 import ctypes
 import json
+import os
 import subprocess
 import sys
 from typing import Optional
+
+# Kept for the child: where libcuda.so.1 is when the loader's cache does not list it (e.g. a
+# container with the driver mounted under /usr/local/nvidia/lib64). CUDA_VISIBLE_DEVICES is
+# left out on purpose: every device is asked, and matched to NVML by UUID.
+CHILD_ENV = ("LD_LIBRARY_PATH",)
 
 # CUdevice_attribute values (cuda.h)
 ATTRS = {"integrated": 18, "concurrent_managed_access": 89, "pageable_memory_access": 88,
@@ -71,9 +80,11 @@ def _probe(meminfo: bool) -> dict:
 
 def probe_cuda(meminfo: bool = False, timeout: float = 60.0) -> dict:
     """Run the probe in a child process; {"error": ...} when it cannot answer."""
-    cmd = [sys.executable, "-m", "spark_memprobe.sources.cuda_probe"] + (["--meminfo"] if meminfo else [])
+    from .child_process import isolated, python_argv      # here: the child runs this file as a script
+    cmd = python_argv(os.path.abspath(__file__), *(["--meminfo"] if meminfo else []))
+    env = {k: os.environ[k] for k in CHILD_ENV if k in os.environ}
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **isolated(env))
     except subprocess.TimeoutExpired:
         return {"error": f"CUDA probe did not answer in {timeout:.0f} s"}
     try:

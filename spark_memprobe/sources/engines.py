@@ -21,21 +21,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 from urllib.parse import urlparse
+
+from .background import Background
+from .child_process import isolated, which
 
 ENGINE_ORDER = ("docker", "podman", "containerd")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DEFAULT_PODMAN_SOCKET = "/run/podman/podman.sock"
 DEFAULT_CONTAINERD = "/run/containerd/containerd.sock"
 PODMAN_DEFAULT_STORAGE = "/var/lib/containers/storage"
-API_TIMEOUT_S = 5
-CLI_TIMEOUT_S = 15
+API_TIMEOUT_S = 5         # per socket operation (the docker SDK's timeout)
+CLI_TIMEOUT_S = 15        # per command
+ANSWER_DEADLINE_S = 10    # per request, in all: however an engine trickles, the caller waits no longer
 K8S_INFO_MAX = 64     # containerd k8s.io: label look-ups (one ctr call each) per listing, running tasks only
 
 
@@ -123,16 +126,44 @@ def _socket_path(url: str) -> Optional[str]:
     return None
 
 
+T = TypeVar("T")
+_late: dict[str, Background] = {}    # endpoint -> a request still running past its deadline
+
+
 class Engine:
     name = "engine"
     endpoint = ""
+    deadline_s: float = ANSWER_DEADLINE_S
 
     def containers(self, all: bool = False) -> list[ContainerInfo]:
-        raise NotImplementedError
+        return self._bounded("listing containers", lambda: self._containers(all))
 
     def inspect(self, c: ContainerInfo) -> ContainerInfo:
         """Fresh state of one container (by its full ID). Raises KeyError when it is gone."""
+        return self._bounded(f"inspect {c.short_id}", lambda: self._inspect(c))
+
+    def _containers(self, all: bool) -> list[ContainerInfo]:
         raise NotImplementedError
+
+    def _inspect(self, c: ContainerInfo) -> ContainerInfo:
+        raise NotImplementedError
+
+    def _bounded(self, what: str, fn: Callable[[], T]) -> T:
+        """fn() in a thread, waited for at most deadline_s. The SDK's timeout is per socket read,
+        so an engine socket that answers a byte a second (a rootless user's podman.sock is that
+        user's to serve) would hold the caller, and a sampling loop with it, for ever. While a
+        request to this endpoint runs past its deadline, new ones fail at once: one stuck
+        thread per endpoint at most."""
+        late = _late.get(self.endpoint)
+        if late is not None and not late.done():
+            raise EngineUnavailable(self.name, f"{self.endpoint} has not finished answering a request made "
+                                               f"{late.age_s():.0f} s ago")
+        call = Background(fn, f"memprobe-{self.name}")
+        if not call.wait(self.deadline_s):
+            _late[self.endpoint] = call
+            raise EngineUnavailable(self.name, f"{what}: no complete answer from {self.endpoint} in "
+                                               f"{self.deadline_s:g} s")
+        return call.result()
 
     def close(self) -> None:
         pass
@@ -153,9 +184,10 @@ def _docker_state(d: dict, engine: str, endpoint: str) -> ContainerInfo:
 class DockerAPIEngine(Engine):
     """The Docker Engine API (also Podman's compatible API) through the docker SDK."""
 
-    def __init__(self, base_url: str, name: str = "docker", tls=None):
+    def __init__(self, base_url: str, name: str = "docker", tls=None, deadline_s: float = ANSWER_DEADLINE_S):
         self.name = name
         self.endpoint = base_url
+        self.deadline_s = deadline_s
         path = _socket_path(base_url)
         if path is not None:
             _check_unix_socket(name, path)
@@ -164,22 +196,25 @@ class DockerAPIEngine(Engine):
             from docker.errors import DockerException
         except ImportError as e:
             raise EngineUnavailable(name, f"python package 'docker' not installed ({e})")
-        try:
-            # version=None: the SDK asks the daemon for its API version (works for old daemons)
-            self.api = docker.APIClient(base_url=base_url, version=None, timeout=API_TIMEOUT_S, tls=tls)
-            ver = self.api.version()
-        except DockerException as e:
-            raise EngineUnavailable(name, f"{base_url} did not answer: {_one_line(e)}",
-                                    permission="ermission denied" in str(e))
-        except Exception as e:  # noqa: BLE001 - requests/urllib3 errors are many types
-            raise EngineUnavailable(name, f"{base_url} did not answer: {_one_line(e)}")
+
+        def connect():
+            try:
+                # version=None: the SDK asks the daemon for its API version (works for old daemons)
+                api = docker.APIClient(base_url=base_url, version=None, timeout=API_TIMEOUT_S, tls=tls)
+                return api, api.version()
+            except DockerException as e:
+                raise EngineUnavailable(name, f"{base_url} did not answer: {_one_line(e)}",
+                                        permission="ermission denied" in str(e))
+            except Exception as e:  # noqa: BLE001 - requests/urllib3 errors are many types
+                raise EngineUnavailable(name, f"{base_url} did not answer: {_one_line(e)}")
+        self.api, ver = self._bounded("asking its version", connect)
         # A DOCKER_HOST can point at Podman's compatible socket: say which engine answered.
         comps = [c.get("Name", "") for c in ver.get("Components") or []]
         if any("Podman" in c for c in comps):
             self.name = "podman"
         self.version = ver.get("Version")
 
-    def containers(self, all: bool = False) -> list[ContainerInfo]:
+    def _containers(self, all: bool) -> list[ContainerInfo]:
         from docker.errors import DockerException
         try:
             rows = self.api.containers(all=all)
@@ -195,7 +230,7 @@ class DockerAPIEngine(Engine):
                                      labels=dict(r.get("Labels") or {})))
         return out
 
-    def inspect(self, c: ContainerInfo) -> ContainerInfo:
+    def _inspect(self, c: ContainerInfo) -> ContainerInfo:
         from docker.errors import DockerException, NotFound
         try:
             return _docker_state(self.api.inspect_container(c.id), self.name, self.endpoint)
@@ -214,10 +249,12 @@ class DockerAPIEngine(Engine):
 
 
 def _run(argv: list[str], engine: str, env=None) -> str:
-    """Run an engine's command line (argument list, no shell) and return stdout."""
+    """Run an engine's command line (argument list, no shell) and return stdout. The command
+    keeps the caller's environment: podman's configuration lives there (CONTAINERS_CONF,
+    CONTAINERS_STORAGE_CONF, XDG_RUNTIME_DIR)."""
     try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=CLI_TIMEOUT_S, env=env, check=False)
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=CLI_TIMEOUT_S, check=False,
+                           **isolated(os.environ if env is None else env))
     except FileNotFoundError:
         raise EngineUnavailable(engine, f"{argv[0]} not found")
     except PermissionError:
@@ -240,7 +277,7 @@ class PodmanCLIEngine(Engine):
     def __init__(self, env=None):
         env = os.environ if env is None else env
         self.env = dict(env)
-        self.bin = shutil.which("podman", path=env.get("PATH"))
+        self.bin = which("podman", env)
         if not self.bin:
             raise EngineUnavailable("podman", "no API socket answered and the podman command is not installed")
         # `podman ps` as root on a host that never ran podman creates /var/lib/containers/storage,
@@ -251,9 +288,10 @@ class PodmanCLIEngine(Engine):
             raise EngineUnavailable("podman", f"no API socket answered and no podman storage at "
                                               f"{PODMAN_DEFAULT_STORAGE} (never used as root)")
         self.endpoint = f"{self.bin} (command line)"
-        _run([self.bin, "version", "--format", "{{.Client.Version}}"], "podman", self.env)
+        self._bounded("podman version", lambda: _run([self.bin, "version", "--format", "{{.Client.Version}}"],
+                                                     "podman", self.env))
 
-    def containers(self, all: bool = False) -> list[ContainerInfo]:
+    def _containers(self, all: bool) -> list[ContainerInfo]:
         argv = [self.bin, "ps", "--format", "json", "--no-trunc"] + (["--all"] if all else [])
         try:
             rows = json.loads(_run(argv, "podman", self.env) or "[]")
@@ -269,7 +307,7 @@ class PodmanCLIEngine(Engine):
                                      exit_code=r.get("ExitCode") if r.get("Exited") else None))
         return out
 
-    def inspect(self, c: ContainerInfo) -> ContainerInfo:
+    def _inspect(self, c: ContainerInfo) -> ContainerInfo:
         argv = [self.bin, "inspect", "--type", "container", "--format", "json", "--", c.id]
         try:
             out = _run(argv, "podman", self.env)
@@ -304,12 +342,13 @@ class ContainerdEngine(Engine):
         self.endpoint = self.address
         self.skip_namespaces = set(skip_namespaces)
         _check_unix_socket("containerd", self.address)
-        self.bin = shutil.which("ctr", path=env.get("PATH"))
+        self.bin = which("ctr", env)
         if not self.bin:
             raise EngineUnavailable("containerd", f"socket {self.address} is there but the ctr command is "
                                                   "not installed")
-        self.namespaces = [n for n in _run(self._argv("namespaces", "ls", "-q"), "containerd", self.env).split()
-                           if n not in self.skip_namespaces]
+        listed = self._bounded("ctr namespaces ls", lambda: _run(self._argv("namespaces", "ls", "-q"), "containerd",
+                                                                 self.env))
+        self.namespaces = [n for n in listed.split() if n not in self.skip_namespaces]
 
     def _argv(self, *args: str, namespace: Optional[str] = None) -> list[str]:
         a = [self.bin, "--address", self.address]
@@ -352,7 +391,7 @@ class ContainerdEngine(Engine):
                              pid=pid if state in ("running", "paused") else None, endpoint=self.endpoint,
                              namespace=ns, image=(info or {}).get("Image"), labels=labels)
 
-    def containers(self, all: bool = False) -> list[ContainerInfo]:
+    def _containers(self, all: bool) -> list[ContainerInfo]:
         out, looked_up = [], 0
         for ns in self.namespaces:
             tasks = self._tasks(ns)
@@ -367,7 +406,7 @@ class ContainerdEngine(Engine):
                 out.append(self._container(ns, cid, task, info))
         return out
 
-    def inspect(self, c: ContainerInfo) -> ContainerInfo:
+    def _inspect(self, c: ContainerInfo) -> ContainerInfo:
         ns = c.namespace
         ids = _run(self._argv("containers", "ls", "-q", namespace=ns), "containerd", self.env).split()
         if c.id not in ids:

@@ -4,12 +4,17 @@ The library is found in /proc/<pid>/maps, then opened without trusting the conta
 filesystem: first through /proc/<pid>/root with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS),
 so symlinks resolve inside the process's root and never onto a host file; else through the
 /proc/<pid>/map_files/<start>-<end> link, which the kernel resolves to the very file that is
-mapped. Either way the opened file must have the device and inode that maps shows. The uprobe
-is then attached through /proc/self/fd/<n> of that open file (a uprobe sits on an inode, so
-every process mapping the same file is covered, including ones started later)."""
+mapped. Both are opened with O_PATH, which never opens the file itself: a FIFO or device
+node mounted over the path by the target (a user and mount namespace suffice) neither blocks
+us nor reaches a driver. The file must be a regular file with the device and inode that maps
+shows. The uprobe is attached through /proc/self/fd/<n> of that O_PATH descriptor: bcc opens
+that path to read the ELF symbols and perf_event_open resolves it to the inode (measured:
+kernel 6.18, bcc 0.26). A uprobe sits on an inode, so every process mapping the same file is
+covered, including ones started later."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import stat
@@ -93,6 +98,9 @@ def parse_maps(data: str) -> list[MapsEntry]:
 
 
 def read_maps(pid: int, proc: str = "/proc") -> list[MapsEntry]:
+    # Waits for the target's mmap_lock (fs/proc/task_mmu.c m_start takes it for reading): a
+    # target holding it (a page fault on its own FUSE file) stalls this read, so callers in a
+    # sampling loop run it in a thread with a deadline (sources/background.py).
     with open(f"{proc}/{pid}/maps", "r", errors="replace") as f:
         return parse_maps(f.read())
 
@@ -106,7 +114,7 @@ class CudaLibrary:
     attach_path: str              # what the uprobes are attached through
     how: str                      # "root" (openat2 in /proc/<pid>/root), "map_files", "explicit"
     pid: Optional[int] = None     # the process it was found in
-    fd: Optional[int] = None      # kept open while attached
+    fd: Optional[int] = None      # O_PATH descriptor, kept open while attached
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -124,7 +132,7 @@ class CudaLibrary:
 def _openat2(dirfd: int, path: str, resolve: int) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, resolve)
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, resolve)
     fd = libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd < 0:
@@ -133,15 +141,28 @@ def _openat2(dirfd: int, path: str, resolve: int) -> int:
     return fd
 
 
-def _matches(fd: int, e: MapsEntry) -> bool:
+def file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink")):
+        if test(mode):
+            return name
+    return "regular file" if stat.S_ISREG(mode) else f"file of mode {mode:o}"
+
+
+def _mismatch(fd: int, e: MapsEntry) -> Optional[str]:
+    """Why the file behind fd is not the mapped one; None when it is."""
     st = os.fstat(fd)
-    return (stat.S_ISREG(st.st_mode) and st.st_ino == e.inode
-            and os.major(st.st_dev) == e.dev_major and os.minor(st.st_dev) == e.dev_minor)
+    if not stat.S_ISREG(st.st_mode):
+        return f"is a {file_kind(st.st_mode)}, not a regular file"
+    if (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev)) != (e.inode, e.dev_major, e.dev_minor):
+        return "is another file now"
+    return None
 
 
-def open_mapped_file(pid: int, e: MapsEntry, proc: str = "/proc") -> tuple[int, str]:
-    """Open the file behind a maps entry safely: (fd, how). Raises OSError when neither way
-    gives the same device and inode."""
+def open_mapped_file(pid: int, e: MapsEntry, proc: str = "/proc", notes: Optional[list[str]] = None) -> tuple[int, str]:
+    """Open (O_PATH) the file behind a maps entry safely: (fd, how). Raises OSError when
+    neither way gives a regular file with the same device and inode. When the first way fails
+    and the second works, why the first failed goes into `notes`."""
     errors = []
     if e.path.startswith("/"):
         try:
@@ -150,19 +171,23 @@ def open_mapped_file(pid: int, e: MapsEntry, proc: str = "/proc") -> tuple[int, 
                 fd = _openat2(root, e.path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
             finally:
                 os.close(root)
-            if _matches(fd, e):
+            why = _mismatch(fd, e)
+            if why is None:
                 return fd, "root"
             os.close(fd)
-            errors.append(f"{e.path} inside /proc/{pid}/root is another file now")
+            errors.append(f"{e.path} inside /proc/{pid}/root {why}")
         except OSError as err:
             errors.append(f"{proc}/{pid}/root{e.path}: {err.strerror}")
     try:
         # the kernel resolves this link to the mapped file itself (fs/proc/base.c map_files)
-        fd = os.open(f"{proc}/{pid}/map_files/{e.start:x}-{e.end:x}", os.O_RDONLY | os.O_CLOEXEC)
-        if _matches(fd, e):
+        fd = os.open(f"{proc}/{pid}/map_files/{e.start:x}-{e.end:x}", os.O_PATH | os.O_CLOEXEC)
+        why = _mismatch(fd, e)
+        if why is None:
+            if notes is not None:
+                notes.extend(errors)
             return fd, "map_files"
         os.close(fd)
-        errors.append("map_files link gives another file")
+        errors.append(f"the map_files link {why}")
     except OSError as err:
         errors.append(f"map_files: {err.strerror}")
     raise OSError("; ".join(errors))
@@ -188,19 +213,26 @@ def discover(pids: Optional[Iterable[int]] = None, proc: str = "/proc",
             if not LIB_RE.search(e.path) or (e.dev_major, e.dev_minor, e.inode) in seen:
                 continue
             seen.add((e.dev_major, e.dev_minor, e.inode))
+            first: list[str] = []
             try:
-                fd, how = open_mapped_file(pid, e, proc)
+                fd, how = open_mapped_file(pid, e, proc, first)
             except OSError as err:
                 notes.append(f"pid {pid} maps {e.path} but it could not be opened safely: {err}")
                 continue
+            if first:
+                notes.append(f"pid {pid} maps {e.path}: " + "; ".join(first) + f"; opened the mapped file via {how}")
             libs.append(CudaLibrary(e.dev_major, e.dev_minor, e.inode, e.path, f"/proc/self/fd/{fd}",
                                     how, pid, fd))
     return libs, notes
 
 
 def open_explicit(path: str) -> CudaLibrary:
-    """A library path given on the host by the user (trusted like any argument)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """A library path given on the host by the user (trusted like any argument, but only a
+    regular file: opening a FIFO would block and a device node would reach its driver)."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a regular file (a {file_kind(st.st_mode)})", path)
     return CudaLibrary(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino, os.path.abspath(path),
                        f"/proc/self/fd/{fd}", "explicit", None, fd)

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from ...events import (CUDA_KINDS, MEMCG_ITEM_STAT_KEYS, CudaCall, CudaOutstanding, FaultCount,
                        FaultRegion, MemcgDelta, PageCacheFile, ProbeReport, ProbeStatus,
                        memcg_item_unit)
+from ..background import Background
 from ..cgroupfs import CgroupFS, list_procs, norm_path
 from . import bccload
 from .supported import base_status, detect as detect_probes, tracepoint_exists
@@ -56,6 +57,7 @@ class ProbeOptions:
     cgroup: Optional[str] = None          # target memory cgroup path (in its hierarchy)
     pid: Optional[int] = None             # target process
     rescan_s: float = 2.0                 # how often new processes are searched for libcuda
+    discovery_deadline_s: float = 5.0     # longer, and the search is reported late and sampling goes on
 
 
 def read_program(part: str) -> str:
@@ -96,6 +98,8 @@ class ProbeSession:
         self.target_pids: set[int] = set()
         self.started_ns = 0
         self._last_rescan = 0.0
+        self._discovery: Optional[Background] = None
+        self.discovery_overdue = 0          # searches for libcuda that outlived their deadline
         self._closed = False
         self.stat_names: dict[int, str] = {}
         self.event_names: dict[int, str] = {}
@@ -249,22 +253,53 @@ class ProbeSession:
             self._try("memcg", "tracepoint", mc)
         if "cuda" in self.parts:
             b[b"mp_cu_events"].open_perf_buffer(self._on_cuda_event, page_cnt=64, lost_cb=self._on_cuda_lost)
-            libs: list[CudaLibrary] = []
             for path in self.opts.cuda_libs:
                 try:
-                    libs.append(open_explicit(path))
+                    self._hook_library(open_explicit(path))
                 except OSError as e:
                     self.notes.append(f"--cuda-lib {path}: {e.strerror}")
-            found, notes = discover(self._cuda_scan_pids(), self.proc, known=[x.key for x in libs])
-            self.notes.extend(notes)
-            self._last_rescan = time.monotonic()
+            self._start_discovery()
+            self._pick_up_discovery(self.opts.discovery_deadline_s)
             cu = self._status("cuda")
-            for lib in libs + found:
-                self._hook_library(lib)
-            if cu is not None and not self.libs:
+            if cu is not None and not self.libs and self._discovery is not None:
+                cu.reason = "the search for libcuda.so.1 has not returned yet (see the notes); hooked when it does"
+            elif cu is not None and not self.libs:
                 cu.reason = ("no libcuda.so.1 mapped by " + ("the target's processes" if self._targeted() else
                              "any process") + " yet; searched again every "
                              f"{self.opts.rescan_s:g} s (or give --cuda-lib PATH)")
+
+    def _start_discovery(self) -> None:
+        """Search the processes for libcuda off the caller's thread: the search reads their
+        /proc files and opens files in their roots, which they can make slow or stall."""
+        pids, known, proc = self._cuda_scan_pids(), [x.key for x in self.libs], self.proc
+        self._discovery = Background(lambda: discover(pids, proc, known=known), "memprobe-cuda-discovery")
+        self._last_rescan = time.monotonic()
+
+    def _pick_up_discovery(self, wait_s: float = 0.0) -> None:
+        """Hook what the last search found, once it has returned; say once when it is late."""
+        d = self._discovery
+        if d is None:
+            return
+        if not d.wait(wait_s):
+            if not d.overdue_said and d.age_s() >= self.opts.discovery_deadline_s:
+                d.overdue_said = True
+                self.discovery_overdue += 1
+                self.notes.append(f"the search for libcuda.so.1 has not returned in {self.opts.discovery_deadline_s:g}"
+                                  " s (a process's /proc files or a file in its root stall it): sampling goes on, "
+                                  "and no new search starts until it returns")
+            return
+        self._discovery = None
+        found, notes = d.result()
+        for n in notes:
+            if n not in self.notes:
+                self.notes.append(n)
+        for lib in found:
+            if lib.key in {x.key for x in self.libs}:
+                lib.close()
+                continue
+            if self.started_ns:
+                self.log(f"hooking {lib.path} found in pid {lib.pid}")
+            self._hook_library(lib)
 
     def _hook_library(self, lib: CudaLibrary) -> None:
         b = self.bpf
@@ -335,6 +370,8 @@ class ProbeSession:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
         self._refresh_targets()
         b = self.bpf
+        # procs.see(maps=True) and inodes.from_pid read /proc/<pid>/maps in this thread, which
+        # a target can stall (cuda.read_maps); only the libcuda search runs off it
         if "faults" in self.parts:
             for k, _ in b[b"mp_faults"].items():
                 self.procs.see(k.tgid)
@@ -347,15 +384,10 @@ class ProbeSession:
                     self.procs.see(v.last_tgid)
                     if self.inodes.lookup(*kernel_dev(k.dev), k.ino) is None:
                         self.inodes.from_pid(v.last_tgid)
-        if "cuda" in self.parts and time.monotonic() - self._last_rescan >= self.opts.rescan_s:
-            self._last_rescan = time.monotonic()
-            found, notes = discover(self._cuda_scan_pids(), self.proc, known=[x.key for x in self.libs])
-            for n in notes:
-                if n not in self.notes:
-                    self.notes.append(n)
-            for lib in found:
-                self.log(f"hooking {lib.path} found in pid {lib.pid}")
-                self._hook_library(lib)
+        if "cuda" in self.parts:
+            self._pick_up_discovery()
+            if self._discovery is None and time.monotonic() - self._last_rescan >= self.opts.rescan_s:
+                self._start_discovery()
 
     def _on_cuda_event(self, cpu, data, size) -> None:
         e = ctypes.cast(data, ctypes.POINTER(_CuEvent)).contents
@@ -576,6 +608,14 @@ class ProbeSession:
         self.bpf = self.uvm_bpf = None
         for lib in self.libs:
             lib.close()
+        d, self._discovery = self._discovery, None
+        if d is not None and d.done():          # found but not picked up
+            try:
+                for lib in d.result()[0]:
+                    lib.close()
+            except Exception:  # noqa: BLE001 - a failed search opened nothing to close
+                pass
+        # a search still stalled keeps the descriptors it opens until the process exits
 
     def __enter__(self):
         try:
