@@ -32,27 +32,52 @@ Conventions between `memprobe record` and its readers (report, replay, export):
                process), so first-touch owners can be named (ledger LedgerInputs.others); a
                sample uses the last one at or before it.
 
-WAL journal, committed at least once a second: a kill -9 loses at most the last second.
-The file is created with mode 0600 and never through a symlink. This module imports
-sample types only (never sources): a recording replays exactly as it ran.
+Journal: WAL while recording, committed at least once a second, so a kill -9 loses at most the
+last second and leaves the rest in run.db plus run.db-wal (readers read the pair). A clean close
+checkpoints and switches the file to a rollback journal: run.db alone is then complete, with no
+-wal or -shm beside it. The file is created new with mode 0600, never through a symlink, and no
+file its name or its sidecars' names point to is opened. This module imports sample and probe
+report types only (never sources): a recording replays exactly as it ran.
+
+Readers open read-only and leave no trace: `immutable=1` when there is no -wal (no writer can
+exist; works on read-only media), `mode=ro` when there is one. Every value read is checked
+against the types the recording conventions give (samples.py, events.py and the shapes below)
+before anything is built from it, and a sample blob may inflate to MAX_SAMPLE_JSON_BYTES at
+most: a bad file is one RecordingError with a one-line reason, never an exception from deeper down.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
+import math
 import os
+import re
 import sqlite3
+import stat
 import time
+import urllib.parse
 import zlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, TypedDict, Union, get_args, get_origin, get_type_hints
 
 from . import __version__
-from .samples import HostInfo, Sample, sample_from_dict, sample_to_dict
+from .events import ProbeReport, ProbeStatus
+from .samples import CgroupSample, HostInfo, Sample, sample_from_dict, sample_to_dict
 
 MAGIC = "spark_memprobe recording"
 SCHEMA_VERSION = 1
 KEYFRAME_EVERY = 600
 COMMIT_EVERY_S = 1.0
 REMOVED = {"__removed__": 1}       # a path present in the previous sample and gone now
+# A sample's JSON is about 4 KB for host + cgroup and under 1 KB per process (the fixtures): 4 MiB
+# is thousands of processes, and parsing 4 MiB of the densest JSON costs 80 MB of memory.
+MAX_SAMPLE_JSON_BYTES = 4 << 20
+# The smallest size bound: schema and header take about 100 KB of WAL before the first sample
+# (103 KB measured with 8 GPUs in the header), and the bound is checked before each sample, so
+# under it the first sample always fits.
+MIN_MAX_BYTES = 256 << 10
+SIDECARS = ("-wal", "-shm", "-journal")   # files SQLite keeps beside run.db
 
 # scalar columns: name -> path in the flattened sample (raw readings, not derived values)
 SCALARS = {
@@ -70,7 +95,12 @@ SCALARS = {
 
 
 class RecordingError(Exception):
-    """A recording that cannot be read: corrupt, truncated, foreign or from a newer tool."""
+    """A recording that cannot be read or written: corrupt, truncated, foreign, from a newer tool,
+    or an output path that is not ours to write. The message is one printable line: text from the
+    file (or from SQLite about it) may hold newlines or terminal escapes, shown escaped."""
+
+    def __init__(self, message: str):
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 # -- flattening ---------------------------------------------------------------------
@@ -108,30 +138,253 @@ def _lists(node):
     return node
 
 
-# -- writing ------------------------------------------------------------------------
-def _create_file(path: str, overwrite: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if overwrite else os.O_EXCL)
+# -- the shapes a reader accepts ------------------------------------------------------
+# Dataclasses (samples.py, events.py) are strict: no unknown key, required fields present, as
+# their constructors want. Dict shapes (TypedDict) are lenient: a missing key reads as None and
+# unknown keys are ignored; they name only what readers use.
+class _Check(TypedDict):                  # header "capabilities": doctor checks
+    name: str
+    ok: bool
+    detail: str
+    cost: str
+
+
+class _Target(TypedDict):                 # header "target": a resolved Target as a dict
+    kind: Optional[str]
+    query: Optional[str]
+    name: Optional[str]
+    id: Optional[str]
+    engine: Optional[str]
+    cgroup_path: Optional[str]
+    cgroup_version: Optional[int]
+    description: Optional[str]
+    pids: Optional[list[int]]
+    evidence: Optional[list[str]]
+
+
+class _TargetEvent(TypedDict):            # event "target"
+    kind: str
+    message: str
+    wall_ns: Optional[int]
+    facts: Optional[dict[str, Any]]
+
+
+class _Stopped(TypedDict):                # event "recording_stopped"
+    reason: str
+
+
+class _MappedFile(TypedDict):
+    pid: int
+    path: str
+    size_bytes: int
+    dev: str
+    inode: int
+    rss_bytes: Optional[int]
+
+
+class _MappedFiles(TypedDict):            # event "mapped_files"
+    files: list[_MappedFile]
+
+
+class _OtherCgroups(TypedDict):           # event "other_cgroups"
+    cgroups: list[CgroupSample]
+
+
+HEADER = {"host": Optional[HostInfo], "capabilities": Optional[list[_Check]], "target": Optional[_Target],
+          "probes": Optional[list[ProbeStatus]], "interval_ns": Optional[int], "argv": Optional[list[str]],
+          "started_wall_ns": Optional[int], "kv_fraction": Optional[float], "pid": Optional[int]}
+EVENTS = {"probes": ProbeReport, "target": _TargetEvent, "recording_stopped": _Stopped,
+          "mapped_files": _MappedFiles, "other_cgroups": _OtherCgroups}
+_INDEX = re.compile(r"#[0-9]+")
+_INT_KEY = re.compile(r"-?[0-9]+")
+_shapes: dict = {}
+
+
+def _shape(cls) -> tuple[dict, set]:
+    """(field -> type, required fields) of a dataclass or TypedDict, cached."""
+    if cls not in _shapes:
+        hints = get_type_hints(cls)
+        if dataclasses.is_dataclass(cls):
+            required = {f.name for f in dataclasses.fields(cls)
+                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        else:
+            required = set()
+        _shapes[cls] = (hints, required)
+    return _shapes[cls]
+
+
+def _fits(v: Any, hint: Any) -> bool:
+    """Does the JSON value v have the type `hint` (as the recording conventions give it)?"""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return v is None
+    origin = get_origin(hint)
+    if origin is Union:
+        return any(_fits(v, h) for h in get_args(hint))
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:          # 64 bits, signed or not (pointers); JSON could hold any size
+        return isinstance(v, int) and -(1 << 63) <= v < (1 << 64)
+    if hint is float:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+    if hint is str:
+        return isinstance(v, str)
+    if origin is list:
+        return isinstance(v, list) and all(_fits(x, get_args(hint)[0]) for x in v)
+    if origin is dict:
+        kt, vt = get_args(hint)
+        return isinstance(v, dict) and all((kt is not int or _INT_KEY.fullmatch(k)) and _fits(x, vt)
+                                           for k, x in v.items())
+    if dataclasses.is_dataclass(hint):
+        hints, required = _shape(hint)
+        return isinstance(v, dict) and required <= v.keys() and all(k in hints and _fits(x, hints[k])
+                                                                    for k, x in v.items())
+    if isinstance(hint, type) and issubclass(hint, dict):      # a TypedDict shape
+        return isinstance(v, dict) and all(_fits(v.get(k), t) for k, t in _shape(hint)[0].items())
+    return False
+
+
+def _child(hint: Any, part: str) -> Any:
+    """The type of `part` inside a value of type `hint` (a flattened sample path step), or None."""
+    for h in get_args(hint) if get_origin(hint) is Union else (hint,):
+        if dataclasses.is_dataclass(h) and part in _shape(h)[0]:
+            return _shape(h)[0][part]
+        if get_origin(h) is list and _INDEX.fullmatch(part):
+            return get_args(h)[0]
+        if get_origin(h) is dict and not part.startswith("#"):      # '#' keys would unflatten as a list
+            kt, vt = get_args(h)
+            if kt is not int or _INT_KEY.fullmatch(part):
+                return vt
+    return None
+
+
+def _leaf_type(path: str) -> Any:
+    """The type of a flattened sample path's leaf, or None when the path names no field."""
+    hint: Any = Sample
+    for part in path.split("/"):
+        hint = _child(hint, part)
+        if hint is None:
+            return None
+    return hint
+
+
+def _no_constants(name: str) -> None:
+    return None               # NaN and Infinity in JSON read as missing, as nothing measures them
+
+
+def json_value(text: Any) -> Any:
+    """json.loads, raising ValueError for anything that is not JSON text (NULL, numbers, deep nesting)."""
+    if not isinstance(text, (str, bytes)):
+        raise ValueError(f"not JSON text ({type(text).__name__})")
     try:
-        os.close(os.open(path, flags, 0o600))
+        return json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def check_event(path: str, kind: str, value: Any, key: Optional[str] = None) -> Any:
+    """value, if it has the shape event `kind` has (or, with key, that top-level key of it);
+    RecordingError otherwise. Kinds without a known shape take any JSON."""
+    hint = EVENTS.get(kind, Any)
+    if key is not None and hint is not Any:
+        hint = _shape(hint)[0].get(key, Any)
+    if not _fits(value, hint):
+        what = f"{kind}.{key}" if key else kind
+        raise RecordingError(f"{path}: corrupt '{what}' event (not what memprobe writes: {str(value)[:80]})")
+    return value
+
+
+# -- writing ------------------------------------------------------------------------
+def _kind(mode: int) -> str:
+    return {stat.S_IFLNK: "a symlink", stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory",
+            stat.S_IFCHR: "a device", stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"
+            }.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _lstat(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _create_file(path: str, overwrite: bool) -> None:
+    """A new empty regular file of ours, mode 0600. An existing regular file (with overwrite) is
+    unlinked, never opened, so what it points to (a hard link's other names) is untouched; anything
+    else is refused. Sidecars without their database are stale or planted: unlinked (an unlink
+    removes a symlink, never what it points to), so SQLite creates its own."""
+    st = _lstat(path)
+    if st is not None:
+        if not overwrite:
+            raise RecordingError(f"{path} exists (use --force to overwrite)")
+        if not stat.S_ISREG(st.st_mode):
+            raise RecordingError(f"refusing to overwrite {path}: it is {_kind(st.st_mode)}")
+        os.unlink(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        raise RecordingError(f"{path} exists (use --force to overwrite)") from None
-    if overwrite:
-        for suffix in ("-wal", "-shm"):
-            try:
-                os.unlink(path + suffix)
-            except FileNotFoundError:
-                pass
+        raise RecordingError(f"{path} appeared while it was being created") from None
+    try:
+        os.fchmod(fd, 0o600)                 # whatever the umask
+    finally:
+        os.close(fd)
+    for suffix in SIDECARS:
+        st = _lstat(path + suffix)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            _remove(path)
+            raise RecordingError(f"refusing to write {path}: {path}{suffix} is a directory")
+        if st is not None:
+            os.unlink(path + suffix)
+
+
+def _remove(path: str) -> None:
+    for p in (path, *(path + s for s in SIDECARS)):
+        try:
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _writes(method):
+    """sqlite3 errors while writing (disk full, I/O) become one-line RecordingErrors."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise RecordingError(f"writing {self.path}: {e}") from None
+    return wrapper
 
 
 class RecordingWriter:
     def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None):
-        _create_file(path, overwrite)
         self.path = path
+        self.db = None
+        try:
+            _create_file(path, overwrite)
+        except OSError as e:
+            raise RecordingError(e.strerror or str(e)) from None
+        try:
+            self._start(header)
+        except (sqlite3.Error, OSError) as e:
+            if self.db is not None:
+                self.db.close()
+            _remove(path)                    # no partial file
+            raise RecordingError(str(e)) from None
         self.max_bytes = max_bytes
         self.full = False
+        self.path_ids: dict[str, int] = {}
+        self.prev: Optional[dict] = None
+        self.n = 0
+        self.saved = 0                 # samples committed: what a reader will find
+        self.last_commit = time.monotonic()
+
+    def _start(self, header: dict) -> None:
         old = os.umask(0o077)          # -wal and -shm files get 0600 too
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
         finally:
             os.umask(old)
@@ -154,10 +407,6 @@ class RecordingWriter:
         self.db.executemany("INSERT INTO header VALUES (?, ?)",
                             [(k, json.dumps(v, default=str)) for k, v in header.items()])
         self.db.execute("COMMIT")
-        self.path_ids: dict[str, int] = {}
-        self.prev: Optional[dict] = None
-        self.n = 0
-        self.last_commit = time.monotonic()
         self.db.execute("BEGIN")
 
     def _ids(self, flat: dict) -> None:
@@ -166,6 +415,7 @@ class RecordingWriter:
             cur = self.db.execute("INSERT INTO paths(path) VALUES (?)", (p,))
             self.path_ids[p] = cur.lastrowid
 
+    @_writes
     def add_sample(self, s: Sample) -> bool:
         """Append one sample. False when the size bound stopped the recording."""
         if self.full:
@@ -194,16 +444,19 @@ class RecordingWriter:
         self._maybe_commit()
         return True
 
+    @_writes
     def add_event(self, mono_ns: int, kind: str, value: Any) -> None:
         self.db.execute("INSERT INTO events(mono_ns, kind, value) VALUES (?, ?, ?)",
                         (mono_ns, kind, json.dumps(value, default=str)))
         self._maybe_commit()
 
+    @_writes
     def add_target(self, mono_ns: int, wall_ns: int, value: dict) -> None:
         self.db.execute("INSERT INTO targets(mono_ns, wall_ns, value) VALUES (?, ?, ?)",
                         (mono_ns, wall_ns, json.dumps(value, default=str)))
         self._maybe_commit()
 
+    @_writes
     def set_header(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO header VALUES (?, ?)", (key, json.dumps(value, default=str)))
 
@@ -211,8 +464,10 @@ class RecordingWriter:
         if time.monotonic() - self.last_commit >= COMMIT_EVERY_S:
             self.commit()
 
+    @_writes
     def commit(self) -> None:
         self.db.execute("COMMIT")
+        self.saved = self.n
         self.last_commit = time.monotonic()
         self.db.execute("BEGIN")
 
@@ -225,55 +480,150 @@ class RecordingWriter:
                 pass
         return total
 
-    def close(self) -> None:
+    def close(self) -> Optional[str]:
+        """Commit, move everything into run.db and leave no -wal or -shm beside it. Returns a
+        note when the -wal may still hold data (a reader held the file, or closing failed)."""
         if self.db is None:
-            return
-        self.db.execute("COMMIT")
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.close()
-        self.db = None
+            return None
+        db, self.db = self.db, None
+        note = None
+        try:
+            if db.in_transaction:                        # a failed COMMIT (disk full) ended it already
+                db.execute("COMMIT")
+                self.saved = self.n
+            db.execute("PRAGMA busy_timeout=1000")       # a reader may hold a snapshot for a moment
+            busy, _log, _done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy or db.execute("PRAGMA journal_mode=DELETE").fetchone()[0] != "delete":
+                note = f"a reader had {self.path} open: its newest data is still in {self.path}-wal"
+        except sqlite3.Error as e:
+            note = f"closing {self.path}: {e}; its newest data may be in {self.path}-wal"
+        finally:
+            db.close()
+        return note
 
 
 # -- reading ------------------------------------------------------------------------
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")       # text that is not UTF-8 is a value check's business
+
+
+def _open_input(path: str) -> tuple[str, bytes]:
+    """(real path, first 100 bytes) of a regular file; opening it cannot block (FIFO) or grab a tty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise RecordingError(f"{path}: no such recording") from None
+    except PermissionError:
+        raise                         # main() says "permission denied", exit 4: not a bad file
+    except OSError as e:
+        raise RecordingError(f"{path}: cannot open ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RecordingError(f"{path}: not a memprobe recording (it is {_kind(st.st_mode)})")
+        head = os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+    return os.path.realpath(path), head
+
+
 class Recording:
     """Read a recording. Raises RecordingError with a one-line reason for files that are not
-    readable recordings."""
+    readable recordings, and for any value in them that is not what memprobe writes."""
 
     def __init__(self, path: str):
-        if not os.path.isfile(path):
-            raise RecordingError(f"{path}: no such recording")
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if head != b"SQLite format 3\x00":
-            raise RecordingError(f"{path}: not a memprobe recording (not an SQLite file)")
         self.path = path
+        self.db = None
+        real, head = _open_input(path)
+        side = {}
+        for suffix in ("-wal", "-shm"):
+            st = _lstat(real + suffix)
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise RecordingError(f"{path}: refusing to read it: {real}{suffix} is {_kind(st.st_mode)}")
+            side[suffix] = st
+        wal, shm = side["-wal"], side["-shm"]
+        # a -wal with data (or with a -shm: a recorder may be writing it) holds the newest samples:
+        # read the pair with mode=ro; else nothing can change the file and immutable=1 reads it with
+        # no lock and no -shm, also on read-only media (sqlite.org/uri.html)
+        pair = wal is not None and (wal.st_size > 0 or shm is not None)
+        if not head.startswith(b"SQLite format 3\x00") and not (pair and head == b""):
+            raise RecordingError(f"{path}: not a memprobe recording (not an SQLite file)")
+        self._made_shm = real + "-shm" if pair and shm is None else None
+        uri = f"file:{urllib.parse.quote(real)}?{'mode=ro' if pair else 'immutable=1'}"
         try:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self.db.text_factory = _text
             meta = dict(self.db.execute("SELECT key, value FROM meta"))
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:     # the latter: SQLite's message quotes the file
+            self.close()
+            if pair and shm is None and not os.access(os.path.dirname(real), os.W_OK):
+                # SQLite reads a -wal through a -shm it must create (sqlite.org/walformat.html)
+                raise RecordingError(f"{path}: the recording did not close (its recorder was killed?) and its newest "
+                                     f"data is in {path}-wal, which cannot be read here ({e}): copy {path} and "
+                                     f"{path}-wal together into a writable directory and read the copy") from None
+            if not pair and head[18:19] == b"\x02" and "no such table" in str(e):
+                # file format byte 18 is 2 in WAL mode (sqlite.org/fileformat2.html)
+                raise RecordingError(f"{path}: the recording did not close (its recorder was killed?) and its data "
+                                     f"is in {path}-wal, which is missing: put {path}-wal beside it") from None
             raise RecordingError(f"{path}: not a memprobe recording or corrupt ({e})") from None
         if meta.get("magic") != MAGIC:
+            self.close()
             raise RecordingError(f"{path}: not a memprobe recording (foreign SQLite file)")
         try:
             version = int(meta.get("schema_version", "0"))
-        except ValueError:
+        except (TypeError, ValueError):
+            self.close()
             raise RecordingError(f"{path}: corrupt recording (schema version {meta.get('schema_version')!r})") from None
         if version > SCHEMA_VERSION:
+            self.close()
             raise RecordingError(f"{path}: written by a newer memprobe (schema {version} > {SCHEMA_VERSION}); "
                                  f"upgrade to read it")
         self.meta = meta
         try:
-            self.header = {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM header")}
-            self.paths = dict(self.db.execute("SELECT id, path FROM paths"))
+            self._read_tables()
+        except RecordingError:
+            self.close()
+            raise
+
+    def _read_tables(self) -> None:
+        path = self.path
+        try:
+            header = list(self.db.execute("SELECT key, value FROM header"))
+            paths = self.db.execute("SELECT id, path FROM paths").fetchall()
             rows = self.db.execute("SELECT seq, mono_ns, keyframe FROM samples ORDER BY seq").fetchall()
-        except (sqlite3.DatabaseError, ValueError) as e:
+        except sqlite3.DatabaseError as e:
             raise RecordingError(f"{path}: corrupt recording ({e})") from None
+        self.header = {}
+        for k, v in header:
+            try:
+                self.header[k] = json_value(v)
+            except ValueError as e:
+                raise RecordingError(f"{path}: corrupt header {k!r} ({e})") from None
+            if k in HEADER and not _fits(self.header[k], HEADER[k]):
+                raise RecordingError(f"{path}: corrupt header {k!r} (not what memprobe writes: "
+                                     f"{str(self.header[k])[:80]})")
+        if not all(type(i) is int and isinstance(p, str) for i, p in paths):
+            raise RecordingError(f"{path}: corrupt recording (a field path that is not text)")
+        self.paths = dict(paths)
+        self._types: dict[int, Any] = {}
+        if not all(type(s) is int and type(m) is int and type(k) is int for s, m, k in rows):
+            bad = next(i for i, r in enumerate(rows) if not all(type(x) is int for x in r))
+            raise RecordingError(f"{path}: corrupt recording (sample {bad}: seq, mono_ns or keyframe is not "
+                                 f"an integer: {rows[bad]})")
         self.seqs = [r[0] for r in rows]
+        if len(set(self.seqs)) != len(self.seqs):
+            raise RecordingError(f"{path}: corrupt recording (repeated sample numbers)")
         self.mono = [r[1] for r in rows]
         self.keyframes = [i for i, r in enumerate(rows) if r[2]]
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    def __enter__(self) -> "Recording":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def host(self) -> HostInfo:
@@ -284,11 +634,58 @@ class Recording:
         h["gpus"] = [GpuInfo(**g) for g in h.get("gpus") or []]
         return HostInfo(**h)
 
-    def _decode(self, blob: bytes) -> list:
+    @property
+    def kv_fraction(self) -> Optional[float]:
+        """The header's KV-cache fraction when it is one (in (0, 1]), else None."""
+        f = self.header.get("kv_fraction")
+        return f if f is not None and 0 < f <= 1 else None
+
+    def _decode(self, blob: Any) -> list:
+        """A sample blob: [[path id, value], ...], each value of its field's type (or REMOVED).
+        Inflation stops at MAX_SAMPLE_JSON_BYTES: a small zlib bomb costs no memory."""
+        if not isinstance(blob, bytes):
+            raise RecordingError(f"{self.path}: corrupt sample data (a {type(blob).__name__}, not a zlib blob)")
+        z = zlib.decompressobj()
         try:
-            return json.loads(zlib.decompress(blob))
-        except (zlib.error, ValueError) as e:
+            text = z.decompress(blob, MAX_SAMPLE_JSON_BYTES + 1)
+        except zlib.error as e:
             raise RecordingError(f"{self.path}: corrupt sample data ({e})") from None
+        if len(text) > MAX_SAMPLE_JSON_BYTES:
+            raise RecordingError(f"{self.path}: corrupt sample data (inflates past {MAX_SAMPLE_JSON_BYTES >> 20} MiB, "
+                                 f"more than any sample memprobe writes)")
+        if not z.eof:
+            raise RecordingError(f"{self.path}: corrupt sample data (truncated zlib stream)")
+        try:
+            body = json_value(text)
+        except ValueError as e:
+            raise RecordingError(f"{self.path}: corrupt sample data ({e})") from None
+        if not isinstance(body, list):
+            raise RecordingError(f"{self.path}: corrupt sample data (a {type(body).__name__}, not a list)")
+        for item in body:
+            if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
+                raise RecordingError(f"{self.path}: corrupt sample data (item {str(item)[:40]})")
+            pid, v = item
+            if pid not in self.paths:
+                raise RecordingError(f"{self.path}: corrupt sample data (unknown field id {pid})")
+            if v != REMOVED and not self._fits(pid, v):
+                raise RecordingError(f"{self.path}: corrupt sample data ({self.paths[pid]} = {str(v)[:40]})")
+        return body
+
+    def _fits(self, pid: int, v: Any) -> bool:
+        if pid not in self._types:
+            self._types[pid] = _leaf_type(self.paths[pid])
+        hint = self._types[pid]
+        # flattened: only scalars and empty containers are leaves
+        return hint is not None and not (isinstance(v, (list, dict)) and v) and _fits(v, hint)
+
+    def build_sample(self, flat: dict) -> Sample:
+        """The Sample of a flattened {path: value} whose values _decode checked."""
+        try:
+            # empty containers are leaves; give each Sample its own
+            return sample_from_dict(unflatten({p: type(v)() if isinstance(v, (list, dict)) else v
+                                               for p, v in flat.items()}))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise RecordingError(f"{self.path}: corrupt sample data ({type(e).__name__}: {e})") from None
 
     def samples(self, start: int = 0, stop: Optional[int] = None) -> Iterator[Sample]:
         """Samples start..stop-1 (indices into the recording), rebuilt exactly."""
@@ -299,24 +696,21 @@ class Recording:
         if k is None:
             raise RecordingError(f"{self.path}: corrupt recording (no keyframe before sample {start})")
         flat: dict = {}
-        cur = self.db.execute("SELECT seq, keyframe, data FROM samples WHERE seq >= ? AND seq < ? ORDER BY seq",
-                              (self.seqs[k], self.seqs[stop - 1] + 1))
         i = k
         try:
-            for seq, key, blob in cur:
+            cur = self.db.execute("SELECT keyframe, data FROM samples WHERE seq >= ? AND seq < ? ORDER BY seq",
+                                  (self.seqs[k], self.seqs[stop - 1] + 1))
+            for key, blob in cur:
                 body = self._decode(blob)
                 if key:
                     flat = {}
                 for pid, v in body:
-                    p = self.paths.get(pid)
-                    if p is None:
-                        raise RecordingError(f"{self.path}: corrupt recording (unknown field id {pid})")
                     if v == REMOVED:
-                        flat.pop(p, None)
+                        flat.pop(self.paths[pid], None)
                     else:
-                        flat[p] = v
+                        flat[self.paths[pid]] = v
                 if i >= start:
-                    yield sample_from_dict(unflatten(flat))
+                    yield self.build_sample(flat)
                 i += 1
         except sqlite3.DatabaseError as e:
             raise RecordingError(f"{self.path}: corrupt recording ({e})") from None
@@ -329,15 +723,49 @@ class Recording:
         bad = [c for c in columns if c not in SCALARS]
         if bad:
             raise ValueError(f"no scalar column {bad}")
-        return self.db.execute(f"SELECT mono_ns, wall_ns, {', '.join(columns)} FROM samples ORDER BY seq").fetchall()
+        try:
+            q = f"SELECT mono_ns, wall_ns, {', '.join(columns)} FROM samples ORDER BY seq"
+            rows = self.db.execute(q).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise RecordingError(f"{self.path}: corrupt recording ({e})") from None
+        for i, r in enumerate(rows):
+            if not all(x is None or type(x) is int for x in r):
+                raise RecordingError(f"{self.path}: corrupt recording (sample {i}: a column that is not an "
+                                     f"integer: {r})")
+        return rows
 
     def events(self, kind: Optional[str] = None) -> list[tuple[int, str, Any]]:
+        """(mono_ns, kind, value) in order; values checked against their kind's shape."""
         q = "SELECT mono_ns, kind, value FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY seq"
-        return [(m, k, json.loads(v)) for m, k, v in self.db.execute(q, (kind,) if kind else ())]
+        try:
+            rows = self.db.execute(q, (kind,) if kind else ()).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise RecordingError(f"{self.path}: corrupt recording ({e})") from None
+        out = []
+        for m, k, v in rows:
+            if type(m) is not int:
+                raise RecordingError(f"{self.path}: corrupt recording (event time {m!r})")
+            try:
+                value = json_value(v)
+            except ValueError as e:
+                raise RecordingError(f"{self.path}: corrupt '{k}' event ({e})") from None
+            out.append((m, k, check_event(self.path, k, value)))
+        return out
 
     def targets(self) -> list[tuple[int, int, dict]]:
-        return [(m, w, json.loads(v)) for m, w, v in
-                self.db.execute("SELECT mono_ns, wall_ns, value FROM targets ORDER BY seq")]
+        try:
+            rows = self.db.execute("SELECT mono_ns, wall_ns, value FROM targets ORDER BY seq").fetchall()
+            return [(m, w, json_value(v)) for m, w, v in rows]
+        except (sqlite3.DatabaseError, ValueError) as e:
+            raise RecordingError(f"{self.path}: corrupt recording (targets: {e})") from None
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self._made_shm is not None:
+            # a -wal without its -shm (copied as a pair): SQLite made a -shm to read it, and no
+            # writer can be using it (a writer keeps its -shm from start to close)
+            with contextlib.suppress(OSError):         # none was made (read-only media)
+                os.unlink(self._made_shm)
+            self._made_shm = None

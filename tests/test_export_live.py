@@ -73,10 +73,11 @@ def wait_for(what: str, fn, timeout: float = 30.0, every: float = 0.2):
 
 
 class Exporter:
-    """`memprobe export` as a child process; its port is read from its own log line."""
+    """`memprobe export` as a child process (run through `prefix`, e.g. prlimit, which execs it);
+    its port is read from its own log line."""
 
-    def __init__(self, *args: str, env=None):
-        cmd = [sys.executable, "-m", "spark_memprobe.cli", "export", "--listen", "127.0.0.1:0", *args]
+    def __init__(self, *args: str, env=None, prefix=()):
+        cmd = [*prefix, sys.executable, "-m", "spark_memprobe.cli", "export", "--listen", "127.0.0.1:0", *args]
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -515,8 +516,8 @@ def test_a_hung_source_never_slows_a_scrape_and_stale_data_is_withheld():
     """The sampling thread is stuck inside a read (as with a hung NVML call): scrapes still answer
     at once from the cache, memprobe_exporter_data_age_seconds grows, and past --stale-after the
     host and target series are withheld instead of being served as if current."""
-    from prometheus_client import CollectorRegistry
-    from spark_memprobe.cli.export import CachedCollector, Exporter as X, make_app, make_server
+    from spark_memprobe.cli.export import Exporter as X
+    from spark_memprobe.cli.export_http import MetricsServer
 
     logged = []
     x = X(queries=[], interval=0.1, stale_after=1.0, log=logged.append)
@@ -524,9 +525,7 @@ def test_a_hung_source_never_slows_a_scrape_and_stale_data_is_withheld():
     srv = None
     try:
         x.start()
-        reg = CollectorRegistry(auto_describe=False)
-        reg.register(CachedCollector(x))
-        srv = make_server("127.0.0.1", 0, make_app(reg))
+        srv = MetricsServer("127.0.0.1", 0, lambda: x.exposition)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{srv.server_address[1]}/metrics"
 

@@ -140,7 +140,7 @@ def test_refuses_to_overwrite_and_symlinks(tmp_path):
     assert p.read_text() == "keep"
     link = tmp_path / "link.db"
     link.symlink_to(tmp_path / "elsewhere.db")
-    with pytest.raises(OSError):
+    with pytest.raises(RecordingError, match="symlink"):
         RecordingWriter(str(link), {}, overwrite=True)
     assert not (tmp_path / "elsewhere.db").exists()
 

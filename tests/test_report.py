@@ -16,7 +16,7 @@ import pytest
 
 from fixture_loader import FIXTURES, steps
 from report_recordings import fixture_recording
-from spark_memprobe.cli import EXIT_BAD_INPUT, EXIT_USAGE, main
+from spark_memprobe.cli import EXIT_BAD_INPUT, EXIT_OUTPUT, EXIT_USAGE, main
 from spark_memprobe.recording import RecordingWriter
 from spark_memprobe.views.report_data import analyse, open_recording, ramps
 from spark_memprobe.views.report_doc import build_report
@@ -238,7 +238,7 @@ def test_cli_refuses_symlinks_and_unknown_formats(recs, tmp_path, capsys):
     victim.write_text("keep")
     link = tmp_path / "r.md"
     link.symlink_to(victim)
-    assert main(["report", recs[CG2], "-o", str(link)]) == EXIT_USAGE
+    assert main(["report", recs[CG2], "-o", str(link)]) == EXIT_OUTPUT
     assert victim.read_text() == "keep"
     assert "symlink" in capsys.readouterr().err
     assert main(["report", recs[CG2], "-o", str(tmp_path / "r.pdf")]) == EXIT_USAGE

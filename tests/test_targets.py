@@ -164,9 +164,9 @@ def test_v2_systemd_cgroup_paths_and_pids():
     with pytest.raises(TargetError) as e:
         r.resolve("/system.slice/nope.service")
     assert e.value.kind == "not_found" and "no such cgroup" in str(e.value)
-    with pytest.raises(TargetError) as e:     # cannot climb out of the hierarchy: this is <root>/etc
+    with pytest.raises(TargetError) as e:     # cannot climb out of the hierarchy: '..' is refused
         r.resolve("/../../../etc")
-    assert f"looked in {cg_root('paths-v2-systemd')}/etc)" in str(e.value)
+    assert e.value.kind == "usage" and "'..' component" in str(e.value)
     t = r.resolve("4300")
     assert (t.kind, t.pids, t.cgroup_path, t.engine, t.id) == ("pid", [4300], f"/system.slice/docker-{PM.D1}.scope",
                                                                "docker", PM.D1)

@@ -2,29 +2,17 @@
 sample per interval until Ctrl-C/SIGTERM or the target exits (docs/attach.md)."""
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import sys
 import time
 
-from . import (EXIT_BAD_INPUT, EXIT_ERROR, EXIT_MISSING, EXIT_NOT_FOUND, EXIT_OK, EXIT_PERMISSION,
-               EXIT_USAGE, CliError)
+from . import (EXIT_ERROR, EXIT_MISSING, EXIT_NOT_FOUND, EXIT_OK, EXIT_OUTPUT, EXIT_PERMISSION, EXIT_USAGE,
+               CliError)
+from .args import duration, fraction, interval, positive_int
 
 # TargetError kinds -> exit codes (docs/exit-codes.md)
 TARGET_EXIT = {"not_found": EXIT_NOT_FOUND, "not_running": EXIT_NOT_FOUND, "ambiguous": EXIT_USAGE,
                "usage": EXIT_USAGE, "permission": EXIT_PERMISSION, "missing": EXIT_MISSING}
-
-
-def parse_interval(text: str) -> float:
-    """'1s', '250ms', '0.5', '2m' -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 1s, 250ms, 0.5)")
-    v = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
-    if v < 0.01:
-        raise argparse.ArgumentTypeError(f"interval {text!r} is below 10 ms")
-    return v
 
 
 def plural(n: int, word: str) -> str:
@@ -54,26 +42,24 @@ def add_parser(sub):
     p.add_argument("--demo", action="store_true",
                    help="attach to a throwaway cgroup with a process holding 64 MiB anonymous memory and 64 MiB "
                         "of mapped page cache (removed at exit); without a terminal it stops after 5 samples")
-    p.add_argument("--interval", type=parse_interval, metavar="DURATION",
+    p.add_argument("--interval", type=interval, metavar="DURATION",
                    help="time between samples (default 100ms on a terminal, 1s otherwise; e.g. 250ms, 2s)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (target, sample, event, end)")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N samples")
+    p.add_argument("--count", type=positive_int, metavar="N", help="stop after N samples")
     p.add_argument("--record", metavar="FILE", help="also record into FILE (as `memprobe record` does)")
     p.add_argument("--force", action="store_true", help="with --record: overwrite an existing file")
     p.add_argument("--bpf", dest="bpf", action="store_true", default=None,
                    help="require the eBPF probes (default: use them when this host allows)")
     p.add_argument("--no-bpf", dest="bpf", action="store_false", help="do not load eBPF probes")
-    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+    p.add_argument("--kv-fraction", type=fraction, default=0.9, metavar="F",
                    help="fraction of CUDA free an engine gives its KV cache (default 0.9)")
-    p.add_argument("--exit-grace", type=parse_interval, default=2.0, metavar="DURATION",
+    p.add_argument("--exit-grace", type=duration, default=2.0, metavar="DURATION",
                    help="how long a vanished target may take to come back (restart) before attach ends "
                         "(default 2s)")
     return p
 
 
 def run(args) -> int:
-    if args.count is not None and args.count < 1:
-        raise CliError("--count must be at least 1", EXIT_USAGE)
     if (args.target is None) == (not args.demo):
         raise CliError("give a TARGET or --demo", EXIT_USAGE)
     tty = sys.stdout.isatty() and sys.stdin.isatty() and not args.json
@@ -107,7 +93,7 @@ def _attach(args, tty: bool, interval: float) -> int:
                 rec = Recorder(args.record, recording_header(feed, interval, args.kv_fraction),
                                overwrite=args.force)
             except (RecordingError, OSError) as e:
-                raise CliError(f"cannot create {args.record}: {e}", EXIT_BAD_INPUT)
+                raise CliError(f"cannot create {args.record}: {e}", EXIT_OUTPUT)
         if tty and args.count is None:
             from .tui import run_live
             try:

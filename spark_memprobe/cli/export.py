@@ -3,32 +3,28 @@
 
 Shape: one background thread samples every --interval (host once: meminfo, NVML; each target:
 its cgroup and processes, through sources/targets.Follower), builds one ledger per target,
-turns them into metric families (views/metrics.py) and swaps them into a cache. A scrape only
-reads that cache: it never waits for /proc, cgroupfs, NVML, a container engine or eBPF maps,
-so a slow or hung source makes the data older (memprobe_exporter_data_age_seconds), never a
-scrape slower. Data older than --stale-after is withheld rather than served as current.
+turns them into metric families (views/metrics.py), renders them once and swaps them into a
+cache. A scrape only reads that cache (export_http.py serves it): it never waits for /proc,
+cgroupfs, NVML, a container engine or eBPF maps, so a slow or hung source makes the data older
+(memprobe_exporter_data_age_seconds), never a scrape slower. Data older than --stale-after is
+withheld rather than served as current.
 """
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
-import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
 from typing import Callable, Optional
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from . import EXIT_OK, EXIT_ERROR, EXIT_PERMISSION, EXIT_USAGE, CliError
-from .attach import TARGET_EXIT, parse_interval
+from .args import duration, fraction, interval
+from .attach import TARGET_EXIT
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
 ERROR_STAGES = ("targets", "host", "bpf", "sample", "ledger", "metrics", "cycle")   # memprobe_exporter_errors_total
-HANDLER_TIMEOUT_S = 10.0      # a client that does not send its request within this is dropped
-LISTEN_BACKLOG = 128          # socketserver's default of 5 drops SYNs when Prometheus and others scrape at once
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -43,15 +39,6 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (examples: 127.0.0.1:9464, [::1]:9464, "
                                          "0.0.0.0:9464)")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def add_parser(sub):
@@ -69,17 +56,20 @@ def add_parser(sub):
                    help="export every running container and Kubernetes pod, re-listed every --relist")
     p.add_argument("--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="HOST:PORT",
                    help=f"where to serve (default {DEFAULT_LISTEN}, loopback only; port 0 picks a free one)")
-    p.add_argument("--interval", type=parse_interval, default=5.0, metavar="DURATION",
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header names NAME (DNS rebinding check: on loopback only "
+                        "localhost and IP addresses are accepted; beyond loopback any Host unless this is given)")
+    p.add_argument("--interval", type=interval, default=5.0, metavar="DURATION",
                    help="time between sampling cycles (default 5s)")
-    p.add_argument("--relist", type=parse_interval, default=None, metavar="DURATION",
+    p.add_argument("--relist", type=interval, default=None, metavar="DURATION",
                    help="with --all-containers: how often containers are listed again (default: the interval, "
                         "at least 5s)")
     p.add_argument("--top-files", type=int, default=10, metavar="N",
                    help="with --bpf: page-cache files exported per target (default 10; the rest are summed "
                         "under file=\"(other)\")")
-    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+    p.add_argument("--kv-fraction", type=fraction, default=0.9, metavar="F",
                    help="the fraction of free memory an engine gives its KV cache (default 0.9)")
-    p.add_argument("--stale-after", type=parse_interval, default=None, metavar="DURATION",
+    p.add_argument("--stale-after", type=duration, default=None, metavar="DURATION",
                    help="withhold target and host series when the last cycle is older than this (default: 3 "
                         "intervals, at least 30s)")
     p.add_argument("--bpf", action="store_true",
@@ -129,10 +119,9 @@ def target_labels(t, hostname: str, label: str) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------- exporter
-@dataclass
-class Snapshot:
-    families: list
-    unix: float
+def kept_when_stale(name: str) -> bool:
+    """Families served also past --stale-after: the exporter's own health."""
+    return name.startswith(("memprobe_exporter_", "process_")) or name in ("memprobe_build", "memprobe_target_up")
 
 
 @dataclass
@@ -151,6 +140,7 @@ class Exporter:
     log: Callable[[str], None] = log
 
     def __post_init__(self):
+        from prometheus_client import ProcessCollector
         from ..views.metrics import ExporterStats
         self.relist = self.relist if self.relist is not None else max(self.interval, 5.0)
         self.stale_after = self.stale_after if self.stale_after is not None else max(3 * self.interval, 30.0)
@@ -159,7 +149,8 @@ class Exporter:
         self.stats.errors = {stage: 0 for stage in ERROR_STAGES}
         self.stats.fixed_targets = {q: False for q in self.queries}
         self.watched: dict[str, Watched] = {}
-        self.snapshot: Optional[Snapshot] = None        # replaced whole, never mutated: scrapes read it lock-free
+        self.exposition = None          # export_http.Exposition: replaced whole, never mutated; read lock-free
+        self.process = ProcessCollector(registry=None)  # process_cpu_seconds_total etc.: the exporter's own overhead
         self.host = None
         self.host_sampler = None
         self.engines = None
@@ -334,6 +325,7 @@ class Exporter:
         from .. import __version__
         from ..ledger import build_ledger, from_probe_report
         from ..views.metrics import TargetMetrics, build_families
+        from .export_http import render
         t0 = time.monotonic()
         try:
             if self.queries:
@@ -400,10 +392,10 @@ class Exporter:
         self.stats.last_cycle_unix = time.time()
         try:
             fams = build_families(self.host, out, host_ledger, report, self.top_files, self.stats, __version__)
+            self.exposition = render(fams + list(self.process.collect()), kept_when_stale, self.stats.last_cycle_unix,
+                                     self.host.hostname or "", self.stale_after)
         except Exception as e:  # noqa: BLE001
             self._error("metrics", e)
-            return
-        self.snapshot = Snapshot(fams, self.stats.last_cycle_unix)
 
     def _loop(self) -> None:
         nxt = time.monotonic()
@@ -441,92 +433,22 @@ class Exporter:
 
 
 # --------------------------------------------------------------------------- serving
-class CachedCollector:
-    """What a scrape runs: yields the families of the last cycle (no I/O, no lock), plus the
-    data's age. Past --stale-after only the exporter's own metrics are served."""
-
-    def __init__(self, exporter: Exporter):
-        self.x = exporter
-
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-        snap = self.x.snapshot
-        host = (self.x.host.hostname or "") if self.x.host is not None else ""
-        if snap is None:
-            return
-        age = max(0.0, time.time() - snap.unix)
-        fresh = age <= self.x.stale_after
-        for m in snap.families:
-            if fresh or m.name.startswith("memprobe_exporter_") or m.name in ("memprobe_build", "memprobe_target_up"):
-                yield m
-        a = GaugeMetricFamily("memprobe_exporter_data_age_seconds", "seconds since the sampling cycle whose data "
-                              "this scrape serves ended (target and host series are withheld past --stale-after)",
-                              labels=["host"], unit="seconds")
-        a.add_metric([host], age)
-        yield a
-
-
-class _Handler(WSGIRequestHandler):
-    timeout = HANDLER_TIMEOUT_S
-
-    def log_message(self, format, *args):   # noqa: A002 - the base class's signature
-        pass                                # one line per scrape would flood the journal
-
-
-def make_server(host: str, port: int, app):
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-
-    class Server(ThreadingMixIn, WSGIServer):
-        address_family = family
-        daemon_threads = True               # a stuck client never blocks shutdown
-        request_queue_size = LISTEN_BACKLOG
-        allow_reuse_address = True
-
-    srv = Server(addr[:2], _Handler)
-    srv.set_app(app)
-    return srv
-
-
-def make_app(registry):
-    from prometheus_client import make_wsgi_app
-    metrics = make_wsgi_app(registry)
-
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO") or "/"
-        if path == "/metrics":
-            return metrics(environ, start_response)
-        if path == "/":
-            body = b"memprobe exporter: metrics at /metrics (docs/export.md)\n"
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
-                                      ("Content-Length", str(len(body)))])
-            return [body]
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: metrics are at /metrics\n"]
-    return app
-
-
 def run(args) -> int:
-    from prometheus_client import CollectorRegistry, ProcessCollector
+    from .export_http import MetricsServer, is_loopback
 
     if args.all_containers and args.targets:
         raise CliError("give TARGET... or --all-containers, not both", EXIT_USAGE)
     if args.top_files < 0:
         raise CliError("--top-files must be 0 or more", EXIT_USAGE)
-    if not 0 < args.kv_fraction <= 1:
-        raise CliError("--kv-fraction must be in (0, 1]", EXIT_USAGE)
     host, port = args.listen
     x = Exporter(proc=args.proc, cgroup_root=args.cgroup_root, queries=list(args.targets),
                  all_containers=args.all_containers, interval=args.interval, relist=args.relist,
                  top_files=args.top_files, kv_fraction=args.kv_fraction, stale_after=args.stale_after,
                  bpf=args.bpf, bpf_scan_dirs=args.bpf_scan_dir)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(CachedCollector(x))
-    ProcessCollector(registry=registry)     # process_cpu_seconds_total etc.: the exporter's own overhead
     srv, serving = None, False
     try:
         try:
-            srv = make_server(host, port, make_app(registry))
+            srv = MetricsServer(host, port, lambda: x.exposition, allow_hosts=args.allow_host, log=log)
         except PermissionError:
             raise CliError(f"cannot listen on {host}:{port}: permission denied", EXIT_PERMISSION)
         except OSError as e:

@@ -214,18 +214,21 @@ class Recorder:
         return f"{self.path} {fmt_bytes(self.w.size_bytes())}" + (" FULL" if self.w.full else "")
 
     def close(self) -> str:
-        """Commit and close; returns a one-line summary."""
+        """Commit and close; returns a one-line summary (and why a -wal is left, if one is)."""
         from ..views.fmt import fmt_bytes
-        self.w.close()
-        size = os.path.getsize(self.path)
-        per = f", {size / self.w.n:.0f} bytes/sample" if self.w.n else ""
-        return f"recorded {self.w.n} samples to {self.path} ({fmt_bytes(size)}{per})"
+        note = self.w.close()
+        size = self.w.size_bytes()
+        n = self.w.saved
+        per = f", {size / n:.0f} bytes/sample" if n else ""
+        lost = f"; {self.w.n - n} samples not written" if self.w.n > n else ""
+        return f"recorded {n} samples to {self.path} ({fmt_bytes(size)}{per}){lost}" + (f"; {note}" if note else "")
 
 
 def parse_size(text: str) -> int:
-    """'512M', '1G', '1GiB', '1000000' -> bytes (binary units)."""
+    """'512M', '1G', '1GiB', '1.5G', '1000000' -> bytes (binary units)."""
     import re
+    from fractions import Fraction
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
     if not m:
         raise ValueError(f"not a size: {text!r} (examples: 512M, 1G)")
-    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+    return int(Fraction(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))

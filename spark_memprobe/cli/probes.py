@@ -8,6 +8,7 @@ import sys
 import time
 
 from . import EXIT_MISSING, EXIT_NOT_FOUND, EXIT_PERMISSION, CliError
+from .args import cgroup_path, duration, positive_int
 from .common import host_header, print_renderable
 
 
@@ -16,9 +17,10 @@ def add_parser(sub):
                                       "CUDA allocations (list what this host supports; --run to attach)")
     p.add_argument("--run", action="store_true", help="attach the probes and print what they saw")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--cgroup", metavar="PATH", help="target memory cgroup path inside its hierarchy")
+    g.add_argument("--cgroup", type=cgroup_path, metavar="PATH", help="target memory cgroup path inside its hierarchy")
     g.add_argument("--pid", type=int, help="target process")
-    p.add_argument("--duration", type=float, metavar="S", help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--duration", type=duration, metavar="DURATION",
+                   help="how long to run, e.g. 30s, 10m, 1h (default: until Ctrl-C or SIGTERM)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--dump-bpf", action="store_true", help="print the BPF program text and exit")
     p.add_argument("--cuda-lib", action="append", default=[], metavar="PATH",
@@ -26,8 +28,8 @@ def add_parser(sub):
     p.add_argument("--cuda-stacks", action="store_true", help="record the user stack of each CUDA call")
     p.add_argument("--scan-dir", action="append", default=[], metavar="DIR",
                    help="name page-cache files by scanning DIR (e.g. a model directory)")
-    p.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
-    p.add_argument("--page-owner-entries", type=int, default=1 << 20, metavar="N",
+    p.add_argument("--top", type=positive_int, default=15, metavar="N", help="rows per table (default 15)")
+    p.add_argument("--page-owner-entries", type=positive_int, default=1 << 20, metavar="N",
                    help="folios whose owner is remembered (kernel memory, not preallocated)")
     p.add_argument("--fault-addresses", action="store_true",
                    help="also count user faults per mapping (x86 tracepoint; about doubles the per-fault cost)")
@@ -50,6 +52,7 @@ def _options(args):
 def run(args) -> int:
     from ..events import report_to_dict
     from ..sources.bpf import ProbeSession, ProbesUnavailable, base_status, detect
+    from ..sources.targets import is_real_dir
     from ..views.probes import render_probe_list, render_report
 
     if args.dump_bpf:
@@ -70,7 +73,8 @@ def run(args) -> int:
         raise CliError(f"no process {args.pid}", EXIT_NOT_FOUND)
     session = ProbeSession(_options(args), proc=args.proc, cgroup_root=args.cgroup_root,
                            log=lambda m: print(f"memprobe: {m}", file=sys.stderr))
-    if args.cgroup is not None and not os.path.isdir(session.cgfs.directory(args.cgroup)):
+    cgfs = session.cgfs
+    if args.cgroup is not None and not is_real_dir(cgfs.directory(args.cgroup), cgfs.memory_root()):
         raise CliError(f"no such memory cgroup: {args.cgroup}", EXIT_NOT_FOUND)
     try:
         try:
@@ -79,11 +83,11 @@ def run(args) -> int:
             code = EXIT_PERMISSION if os.geteuid() != 0 else EXIT_MISSING
             raise CliError(f"eBPF probes unavailable: {e}", code)
         chosen = ", ".join(sorted({s.name for s in session.statuses if s.chosen}))
-        print(f"memprobe: probes attached ({chosen}); "
-              + (f"running {args.duration:g} s" if args.duration else "running until Ctrl-C"),
-              file=sys.stderr, flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         try:
+            print(f"memprobe: probes attached ({chosen}); "
+                  + (f"running {args.duration:g} s" if args.duration else "running until Ctrl-C"),
+                  file=sys.stderr, flush=True)
             while deadline is None or time.monotonic() < deadline:
                 left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 time.sleep(max(left, 0))

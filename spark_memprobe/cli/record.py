@@ -4,25 +4,25 @@ from __future__ import annotations
 import sys
 import time
 
-from . import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, CliError
-from .attach import parse_interval
+from . import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, CliError
+from .args import duration, fraction, interval
 
 
 def add_parser(sub):
     p = sub.add_parser("record", help="record a target's samples (and eBPF events) into an SQLite file, headless")
     p.add_argument("target", metavar="TARGET", help="anything `memprobe attach` takes")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="recording to create (mode 0600)")
-    p.add_argument("--interval", type=parse_interval, default=0.1, metavar="DURATION",
+    p.add_argument("--interval", type=interval, default=0.1, metavar="DURATION",
                    help="time between samples (default 100ms)")
-    p.add_argument("--duration", type=parse_interval, metavar="DURATION", help="stop after this long (e.g. 10m)")
+    p.add_argument("--duration", type=duration, metavar="DURATION", help="stop after this long (e.g. 10m, 1h30m)")
     p.add_argument("--bpf", dest="bpf", action="store_true", default=None,
                    help="require the eBPF probes (default: use them when this host allows)")
     p.add_argument("--no-bpf", dest="bpf", action="store_false", help="do not load eBPF probes")
     p.add_argument("--max-size", default="1G", metavar="SIZE", help="stop recording at this file size (default 1G)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+    p.add_argument("--kv-fraction", type=fraction, default=0.9, metavar="F",
                    help="fraction for the KV-cache budget, kept in the header for reports (default 0.9)")
-    p.add_argument("--exit-grace", type=parse_interval, default=2.0, metavar="DURATION",
+    p.add_argument("--exit-grace", type=duration, default=2.0, metavar="DURATION",
                    help="how long a vanished target may take to come back (default 2s)")
     return p
 
@@ -41,21 +41,24 @@ def bpf_wanted(args) -> bool:
 
 
 def run(args) -> int:
-    from ..recording import RecordingError
+    from ..recording import MIN_MAX_BYTES, RecordingError
     from .live import LiveFeed, Recorder, parse_size, recording_header
 
     try:
         max_bytes = parse_size(args.max_size)
     except ValueError as e:
-        raise CliError(str(e), EXIT_USAGE)
+        raise CliError(f"--max-size: {e}", EXIT_USAGE)
+    if max_bytes < MIN_MAX_BYTES:
+        raise CliError(f"--max-size {args.max_size} is too small: a recording's header and first sample need up "
+                       f"to {MIN_MAX_BYTES >> 10}K", EXIT_USAGE)
     feed = LiveFeed(args, args.target, bpf_wanted(args), exit_grace_s=args.exit_grace)
     rec = None
     try:
         try:
             rec = Recorder(args.output, recording_header(feed, args.interval, args.kv_fraction),
                            overwrite=args.force, max_bytes=max_bytes)
-        except (RecordingError, OSError) as e:
-            raise CliError(f"cannot create {args.output}: {e}", EXIT_BAD_INPUT)
+        except RecordingError as e:
+            raise CliError(f"cannot create {args.output}: {e}", EXIT_OUTPUT)
         probes = [p["name"] for p in feed.header.probes or [] if p.get("chosen")]
         print(f"recording {feed.target_text()} every {args.interval * 1000:g} ms to {args.output}; eBPF: "
               f"{', '.join(sorted(set(probes))) if probes else 'off'}", flush=True)
@@ -78,6 +81,8 @@ def run(args) -> int:
                 time.sleep(delay)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
+        except RecordingError as e:                   # disk full, I/O error
+            raise CliError(str(e), EXIT_OUTPUT) from None
     finally:
         feed.close()
         if rec is not None:

@@ -5,6 +5,7 @@ import json
 import sys
 
 from . import EXIT_BAD_INPUT, EXIT_OK, CliError
+from .args import fraction, positive_number
 
 
 def add_parser(sub):
@@ -12,8 +13,9 @@ def add_parser(sub):
     p.add_argument("recording", metavar="FILE")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per sample (sample, ledger, findings); no terminal needed")
-    p.add_argument("--speed", type=float, default=1.0, help="playback speed on the terminal (default 1.0)")
-    p.add_argument("--kv-fraction", type=float, metavar="F",
+    p.add_argument("--speed", type=positive_number, default=1.0, metavar="X",
+                   help="playback speed on the terminal (default 1.0)")
+    p.add_argument("--kv-fraction", type=fraction, metavar="F",
                    help="fraction for the KV-cache budget (default: the recording's, else 0.9)")
     return p
 
@@ -22,10 +24,16 @@ def open_feed(path: str):
     from ..feed import ReplayFeed
     from ..recording import Recording, RecordingError
     try:
-        feed = ReplayFeed(Recording(path))
+        rec = Recording(path)
     except RecordingError as e:
         raise CliError(str(e), EXIT_BAD_INPUT)
+    try:
+        feed = ReplayFeed(rec)
+    except RecordingError as e:
+        rec.close()
+        raise CliError(str(e), EXIT_BAD_INPUT)
     if len(feed) == 0:
+        rec.close()
         raise CliError(f"{path}: the recording holds no samples", EXIT_BAD_INPUT)
     return feed
 
@@ -37,7 +45,7 @@ def run(args) -> int:
     from ..samples import sample_to_dict
 
     feed = open_feed(args.recording)
-    fraction = args.kv_fraction or feed.rec.header.get("kv_fraction") or 0.9
+    fraction = args.kv_fraction or feed.rec.kv_fraction or 0.9
     try:
         if args.json or not (sys.stdout.isatty() and sys.stdin.isatty()):
             out = sys.stdout
@@ -56,4 +64,6 @@ def run(args) -> int:
                 pass
     except RecordingError as e:
         raise CliError(str(e), EXIT_BAD_INPUT)
+    finally:
+        feed.rec.close()               # nothing is left beside the file (recording.py)
     return EXIT_OK

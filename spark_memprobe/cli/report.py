@@ -4,14 +4,18 @@
     memprobe report run.db -o report.html     one HTML file: inline CSS and SVG, no script, no fetch
     memprobe report a.db b.db -o diff.md      comparison: ledgers side by side, the difference explained
 
-Bad recordings (missing, corrupt, foreign, newer, empty) exit 6 with one line (docs/report.md)."""
+Bad recordings (missing, corrupt, foreign, newer, empty) exit 6 with one line, an output that
+cannot be written exits 7 with one line (docs/report.md)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
+import tempfile
 
-from . import EXIT_BAD_INPUT, EXIT_USAGE, CliError
+from . import EXIT_BAD_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError
+from .args import fraction
 
 FORMATS = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
 
@@ -26,7 +30,7 @@ def add_parser(sub):
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write FILE (.html or .md; mode 0600, never through a symlink); default: Markdown on stdout")
     p.add_argument("--format", choices=("html", "md"), help="override the format the output name implies")
-    p.add_argument("--kv-fraction", type=float, default=None, metavar="F",
+    p.add_argument("--kv-fraction", type=fraction, default=None, metavar="F",
                    help="fraction of CUDA free an engine gives its KV cache (default: the recording's, else 0.9)")
     return p
 
@@ -44,26 +48,34 @@ def _format(args) -> str:
 
 
 def write_private(path: str, text: str) -> None:
-    """Create or replace `path` with mode 0600, refusing symlinks and anything but a regular file."""
+    """Create or replace `path` with mode 0600, refusing a symlink or anything but a regular
+    file there. Written into a new file beside it (mkstemp: O_EXCL, 0600) and renamed over it,
+    so a failed write (full disk, read-only, interrupted) leaves no partial file and the old one
+    whole, and a hard link planted at `path` is replaced, not written through. Every failure is
+    one line with exit 7."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         st = None
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}", EXIT_OUTPUT) from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise CliError(f"refusing to write {path}: it is {kind}", EXIT_USAGE)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        raise CliError(f"refusing to write {path}: it is {kind}", EXIT_OUTPUT)
+    directory, name = os.path.split(path)
+    tmp = None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CliError(f"refusing to write {path}: not a regular file", EXIT_USAGE)
-        os.fchmod(fd, 0o600)
-        data = text.encode("utf-8")
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        fd, tmp = tempfile.mkstemp(prefix=f".{name[:64]}.", suffix=".part", dir=directory or ".")
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+        os.rename(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}", EXIT_OUTPUT) from None
     finally:
-        os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def run(args) -> int:
@@ -72,8 +84,6 @@ def run(args) -> int:
 
     if len(args.recordings) > 2:
         raise CliError("give one recording, or two to compare", EXIT_USAGE)
-    if args.kv_fraction is not None and not 0 < args.kv_fraction <= 1:
-        raise CliError(f"--kv-fraction must be in (0, 1], got {args.kv_fraction}", EXIT_USAGE)
     fmt = _format(args)
     datas = []
     try:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict
 
 from . import EXIT_MISSING, EXIT_NOT_FOUND, EXIT_USAGE, CliError
+from .args import cgroup_path, fraction
 from .common import host_header, print_renderable
 
 
@@ -16,13 +16,13 @@ def add_parser(sub):
                    help="container name or ID prefix, pod UID, systemd unit, cgroup path or PID "
                         "(every form `memprobe attach` takes; docs/attach.md)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--cgroup", metavar="PATH", help="memory cgroup path inside its hierarchy, e.g. /docker/<id>")
+    g.add_argument("--cgroup", type=cgroup_path, metavar="PATH", help="memory cgroup path inside its hierarchy, e.g. /docker/<id>")
     g.add_argument("--pid", type=int, help="a process: its memory cgroup and itself")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--ledger", action="store_true",
                    help="print the ledger instead: every view of the target's bytes, findings, KV-cache budget "
                         "(docs/ledger.md)")
-    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+    p.add_argument("--kv-fraction", type=fraction, default=0.9, metavar="F",
                    help="with --ledger: the fraction of CUDA free an engine gives its KV cache (default 0.9)")
     return p
 
@@ -34,6 +34,7 @@ def run(args) -> int:
     from ..sources.nvml import NvmlReader
     from ..sources.platform import read_host_info
     from ..sources.sampler import open_sampler
+    from ..sources.targets import is_real_dir
     from ..views.snapshot import render_sample
 
     cgfs = CgroupFS(args.cgroup_root)
@@ -58,7 +59,7 @@ def run(args) -> int:
         if cgfs.layout.memory_version is None:
             raise CliError(f"no memory cgroup hierarchy under {args.cgroup_root}", EXIT_MISSING)
         d = cgfs.directory(cgroup)
-        if not os.path.isdir(d):
+        if not is_real_dir(d, cgfs.memory_root()):
             raise CliError(f"no such memory cgroup: {cgroup} (looked in {d})", EXIT_NOT_FOUND)
         target = f"memory cgroup v{cgfs.layout.memory_version} {norm_path(cgroup)}"
     nvml = NvmlReader()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import stat
 import subprocess
 import time
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional
 
 from .cgroupfs import CgroupFS, list_procs, norm_path, parse_proc_cgroup
+from .child_process import isolated, which
 from .engines import (Attempt, ContainerInfo, Engine, EngineUnavailable, connect_engines,
                       wanted_engines)
 from .parse import parse_single
@@ -88,6 +88,18 @@ class TargetError(Exception):
 
 
 # --------------------------------------------------------------------------- paths
+def check_cgroup_path(path: str) -> str:
+    """A cgroup path as the user typed it, refused where normalising it would silently name
+    another cgroup (norm_path turns "", "/x/../../.." and "/../.." into the root)."""
+    if not path.strip():
+        raise TargetError("empty cgroup path (the root cgroup is /)", "usage")
+    if "\0" in path:
+        raise TargetError(f"cgroup path {path!r} contains a NUL byte", "usage")
+    if ".." in path.split("/"):
+        raise TargetError(f"cgroup path {path!r} has a '..' component: give the path without it", "usage")
+    return path
+
+
 @dataclass
 class PathInfo:
     """What a cgroup path says about itself (no engine asked)."""
@@ -291,15 +303,16 @@ def target_to_dict(t: Target) -> dict:
 
 
 def is_real_dir(d: str, base: str) -> bool:
-    """d is a directory reached from base without any symlink on the way (cgroupfs has no
-    symlinks; one found under a cgroup root was planted)."""
+    """d is a directory inside base (or base itself) reached from base without any symlink on
+    the way (cgroupfs has no symlinks; one found under a cgroup root was planted)."""
     try:
         if not stat.S_ISDIR(os.lstat(d).st_mode):
             return False
     except OSError:
         return False
-    rel = os.path.relpath(d, base)
-    return os.path.realpath(d) == os.path.normpath(os.path.join(os.path.realpath(base), rel))
+    root, real = os.path.realpath(base), os.path.realpath(d)
+    inside = real == root or real.startswith(root.rstrip("/") + "/")
+    return inside and real == os.path.normpath(os.path.join(root, os.path.relpath(d, base)))
 
 
 def read_processes(pids: list[int], proc: str) -> list[TargetProcess]:
@@ -452,6 +465,7 @@ class Resolver:
 
     # -- cgroup path --------------------------------------------------------------------
     def resolve_cgroup(self, path: str, query: str) -> Target:
+        check_cgroup_path(path)
         self._require_memory()
         lay = self.cgfs.layout
         full = os.path.abspath(path)
@@ -551,12 +565,12 @@ class Resolver:
         return t
 
     def _systemctl_cgroup(self, unit: str, evidence: list[str]) -> Optional[str]:
-        exe = shutil.which("systemctl", path=self.env.get("PATH"))
+        exe = which("systemctl", self.env)
         if not exe:
             return None
         try:
             p = subprocess.run([exe, "show", "--property=ControlGroup", "--value", "--", unit],
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
+                               capture_output=True, timeout=10, check=False, **isolated({}))
         except (OSError, subprocess.TimeoutExpired) as e:
             evidence.append(f"systemctl show failed ({e})")
             return None

@@ -26,8 +26,8 @@ from ..ledger.cuda import model_cuda_free
 from ..ledger.facts import Facts, under
 from ..ledger.inputs import CUDA_DEVICE_KINDS, from_probe_report
 from ..ledger.model import Finding, Ledger
-from ..recording import REMOVED, Recording, RecordingError, unflatten
-from ..samples import HostInfo, Sample, sample_from_dict
+from ..recording import REMOVED, Recording, RecordingError, check_event, json_value
+from ..samples import HostInfo, Sample
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -194,19 +194,10 @@ class Replay:
                 i += 1
         except sqlite3.DatabaseError as e:
             raise RecordingError(f"{rec.path}: corrupt recording ({e})") from None
-        except (TypeError, ValueError) as e:
-            raise RecordingError(f"{rec.path}: corrupt sample data ({e})") from None
 
     def sample(self, flat: dict) -> Sample:
         paths = self.rec.paths
-        try:
-            named = {}
-            for pid, v in flat.items():
-                # empty containers are leaves; give each Sample its own
-                named[paths[pid]] = type(v)() if isinstance(v, (list, dict)) else v
-            return sample_from_dict(unflatten(named))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise RecordingError(f"{self.rec.path}: corrupt sample data ({type(e).__name__}: {e})") from None
+        return self.rec.build_sample({paths[pid]: v for pid, v in flat.items()})
 
 
 # which flattened paths the per-sample GPU timeline needs
@@ -306,6 +297,8 @@ class Events:
             rows = rec.db.execute("SELECT seq, mono_ns FROM events WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
         except sqlite3.DatabaseError as e:
             raise RecordingError(f"{rec.path}: corrupt recording ({e})") from None
+        if not all(type(m) is int for _s, m in rows):
+            raise RecordingError(f"{rec.path}: corrupt recording ('{kind}' event time that is not an integer)")
         self.seqs = [r[0] for r in rows]
         self.mono = [r[1] for r in rows]
         self._cache: dict[int, Any] = {}
@@ -326,9 +319,10 @@ class Events:
     def value(self, i: int) -> Any:
         if i not in self._cache:
             try:
-                self._cache[i] = json.loads(self._text(i))
-            except (ValueError, TypeError) as e:
+                v = json_value(self._text(i))
+            except ValueError as e:
                 raise RecordingError(f"{self.rec.path}: corrupt event data ({self.kind}: {e})") from None
+            self._cache[i] = check_event(self.rec.path, self.kind, v)
         return self._cache[i]
 
     def key(self, i: int, key: str) -> Any:
@@ -339,14 +333,14 @@ class Events:
             v = self._cache[i]
             return v.get(key) if isinstance(v, dict) else None
         text = self._text(i)
-        at = text.find(f'"{key}": ')
+        at = text.find(f'"{key}": ') if isinstance(text, str) else -1
         if at < 0:
             return None
         try:
             v, _end = json.JSONDecoder().raw_decode(text, at + len(key) + 4)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise RecordingError(f"{self.rec.path}: corrupt event data ({self.kind}: {e})") from None
-        return v
+        return check_event(self.rec.path, self.kind, v, key)
 
     def last_at(self, mono: int) -> Optional[int]:
         """Index of the last event at or before mono."""
@@ -414,7 +408,7 @@ def open_recording(path: str) -> Recording:
             stopped = rec.events(EV_STOPPED)
             if stopped:
                 why = f" (it stopped: {stopped[-1][2].get('reason', stopped[-1][2])})"
-        except (sqlite3.DatabaseError, ValueError, AttributeError):
+        except RecordingError:
             pass
         rec.close()
         raise EmptyRecording(f"{path}: the recording holds no samples{why}; nothing to report")
@@ -429,7 +423,7 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
         host = rec.host
     except (TypeError, ValueError, AttributeError) as e:
         raise RecordingError(f"{rec.path}: corrupt header 'host' ({e})") from None
-    fraction = kv_fraction if kv_fraction is not None else header.get("kv_fraction") or 0.9
+    fraction = kv_fraction if kv_fraction is not None else rec.kv_fraction or 0.9
     n = len(rec)
     mono0 = rec.mono[0]
     times = [(m - mono0) / 1e9 for m in rec.mono]
@@ -655,7 +649,7 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
 def _cuda_free_series(host: HostInfo, platform: str, pts: list[GpuPoint], mf: list, mt: list) -> list:
     """cudaMemGetInfo free per sample, through the ledger's own model (ledger/cuda.py)."""
     out = []
-    page = host.page_size or 4096
+    page = host.page_size or None         # the recorded host's page size, never assumed
     for p, free, total in zip(pts, mf, mt):
         meminfo = {k: v for k, v in (("MemFree", free), ("MemTotal", total)) if v is not None}
         if not p.read:
