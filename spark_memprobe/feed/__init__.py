@@ -11,10 +11,10 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .events import ProbeReport, report_from_dict
-from .ledger import LedgerInputs, MappedFile, build_ledger, from_probe_report
-from .recording import KEYFRAME_EVERY, Recording
-from .samples import CgroupSample, HostInfo, Sample, cgroup_from_dict
+from ..events import ProbeReport, report_from_dict
+from ..ledger import LedgerInputs, MappedFile, build_ledger, from_probe_report
+from ..recording import KEYFRAME_EVERY, Recording
+from ..samples import CgroupSample, HostInfo, Sample, cgroup_from_dict
 
 
 @dataclass
