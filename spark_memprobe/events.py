@@ -11,11 +11,20 @@ memory-hierarchy directory inode on v1/hybrid hosts (include/trace/events/memcg.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
+
+def host_page_size() -> int:
+    """Bytes per page of this host (4 KiB on x86_64; 4, 16 or 64 KiB on arm64): the default for
+    page counts made here. A report read back from a recording carries the page size of the
+    host that counted the pages."""
+    return os.sysconf("SC_PAGE_SIZE")
+
+
 # CUDA allocation kinds, as the probes classify the driver entry points
-CUDA_KINDS = ("device", "managed", "host-pinned", "vmm", "pool")
+CUDA_KINDS = ("device", "managed", "host-pinned", "vmm", "pool", "host-registered")
 
 # Which memory.stat key (v2 names; v1 name second) a memcg stat item updates.
 # mm/memcontrol.c memory_stats[] (v2) and mm/memcontrol-v1.c memcg1_stats[] (v1).
@@ -110,7 +119,7 @@ class PageCacheFile:
     path: Optional[str] = None                 # when resolved
     path_source: Optional[str] = None          # "fd", "maps", "scan:<dir>"
     cgroup_path: Optional[str] = None
-    page_size: int = 4096
+    page_size: int = field(default_factory=host_page_size)
 
     @property
     def net_pages(self) -> int:
@@ -173,7 +182,7 @@ class ProbeReport:
     ended_mono_ns: int
     probes: list[ProbeStatus] = field(default_factory=list)
     target: Optional[str] = None
-    page_size: int = 4096
+    page_size: int = field(default_factory=host_page_size)
     faults: Optional[list[FaultCount]] = None          # None: not measured
     fault_regions: Optional[list[FaultRegion]] = None
     page_cache: Optional[list[PageCacheFile]] = None

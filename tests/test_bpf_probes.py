@@ -172,8 +172,9 @@ def test_faults_attributed_to_the_faulting_cgroup(cgroups, children):
     n_a, n_b = 3000, 700
     a, b = cgroups("a"), cgroups("b")
     touch = """
-        m = mmap.mmap(-1, N * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        for i in range(0, N * 4096, 4096):
+        m = mmap.mmap(-1, N * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_NOHUGEPAGE)    # one fault per page where THP is "always" (Debian's kernels)
+        for i in range(0, N * mmap.PAGESIZE, mmap.PAGESIZE):
             m[i] = 1
         """
     ca = children([a.dir], "N = %d\n" % n_a, touch)
@@ -270,8 +271,8 @@ def test_memcg_stream_matches_memory_stat_deltas(cgroups, children, disk_dir):
     _drop_cache(path)
     anon_pages, file_pages = (48 << 20) // PAGE, (16 << 20) // PAGE
     child = children([mc.dir], f"f = open({path!r}, 'rb')\n", f"""
-        m = mmap.mmap(-1, {anon_pages} * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        for i in range(0, {anon_pages} * 4096, 4096):
+        m = mmap.mmap(-1, {anon_pages} * {PAGE}, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        for i in range(0, {anon_pages} * {PAGE}, {PAGE}):
             m[i] = 1
         while f.read(1 << 20): pass
         """)
@@ -308,8 +309,8 @@ def test_memcg_falls_back_to_polling_memory_stat_without_tracepoints(cgroups, ch
     mc = cgroups("poll", hierarchy="memory")
     pages = (32 << 20) // PAGE
     child = children([mc.dir], "", f"""
-        m = mmap.mmap(-1, {pages} * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        for i in range(0, {pages} * 4096, 4096):
+        m = mmap.mmap(-1, {pages} * {PAGE}, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        for i in range(0, {pages} * {PAGE}, {PAGE}):
             m[i] = 1
         """)
     time.sleep(2.5)                    # periodic rstat flush
@@ -328,8 +329,9 @@ def test_memcg_falls_back_to_polling_memory_stat_without_tracepoints(cgroups, ch
 
 # ------------------------------------------------------------------ 4. CUDA uprobes (stand-in)
 SIZES = {"device": (64 << 20) + (1 << 20) + 4096 + 1024 * 300, "managed": 32 << 20,
-         "host-pinned": (8 << 20) + (4 << 20), "vmm": (2 << 20) + (6 << 20), "pool": (16 << 20) + (8 << 20)}
-CALLS = {"device": 3, "managed": 1, "host-pinned": 2, "vmm": 2, "pool": 2}
+         "host-pinned": (8 << 20) + (4 << 20), "vmm": (2 << 20) + (6 << 20), "pool": (16 << 20) + (8 << 20),
+         "host-registered": 3 << 20}
+CALLS = {"device": 3, "managed": 1, "host-pinned": 2, "vmm": 2, "pool": 2, "host-registered": 1}
 
 
 class Caller:
@@ -363,7 +365,7 @@ def test_cuda_uprobes_exact_bytes_per_kind_and_zero_after_frees(fakecuda, cgroup
         opts = ProbeOptions(faults=False, pagecache=False, memcg=False, uvm=False, pid=caller.p.pid)
         with ProbeSession(opts) as s:
             libs = [x for x in s.statuses if x.mechanism == "uprobe+uretprobe"]
-            assert len(libs) == 1 and libs[0].chosen and "12 entry points hooked" in libs[0].reason
+            assert len(libs) == 1 and libs[0].chosen and "14 entry points hooked" in libs[0].reason
             assert caller.cmd("alloc") == "allocated pitch=1024"
             s.poll(100)
             r1 = s.collect()
@@ -466,7 +468,9 @@ def test_exception_inside_a_session_detaches_everything(fakecuda):
     with pytest.raises(RuntimeError):
         with ProbeSession(opts) as s:
             held = programs_of(os.getpid())
-            assert {"mp_fault", "mp_pc_add", "mp_mc_state", "mp_cu_alloc_ret"} <= set(held.values())
+            # the memcg program exists only where the kernel has memcg tracepoints (Linux 6.13+)
+            mc = {"mp_mc_state"} if tracepoint_exists("memcg", "mod_memcg_state") else set()
+            assert {"mp_fault", "mp_pc_add", "mp_cu_alloc_ret"} | mc <= set(held.values())
             assert any(x.mechanism == "uprobe+uretprobe" and x.chosen for x in s.statuses)
             raise RuntimeError("boom")
     assert programs_of(os.getpid()) == {}

@@ -15,9 +15,12 @@
 //   CUresult cuMemFreeHost(void *p)
 //   CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
 //   CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
+//   CUresult cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags)
+//   CUresult cuMemHostUnregister(void *p)
 // CUdeviceptr and CUmemGenericAllocationHandle are 64-bit on 64-bit hosts. The entry probe
 // saves the out-pointer argument per thread; the return probe reads the pointer (or handle)
-// through it and counts only when the CUresult is 0 (CUDA_SUCCESS).
+// through it and counts only when the CUresult is 0 (CUDA_SUCCESS). cuMemHostRegister_v2 has no
+// out-pointer: the registered address is its first argument.
 #include <uapi/linux/ptrace.h>
 
 // kinds (events.CUDA_KINDS order)
@@ -26,6 +29,7 @@
 #define MP_CU_HOST 2
 #define MP_CU_VMM 3
 #define MP_CU_POOL 4
+#define MP_CU_HOSTREG 5
 #define MP_CU_UNKNOWN 255
 
 // functions (sources/bpf/cuda.py CUDA_FUNCS has the same numbers; a test compares them)
@@ -41,6 +45,8 @@
 #define MP_CU_FUNC_cuMemFreeHost 9
 #define MP_CU_FUNC_cuMemRelease 10
 #define MP_CU_FUNC_cuMemFreeAsync 11
+#define MP_CU_FUNC_cuMemHostRegister_v2 12
+#define MP_CU_FUNC_cuMemHostUnregister 13
 
 // key spaces: pointers (device, managed and host share the unified address space) and VMM handles
 #define MP_CU_SPACE_PTR 0
@@ -207,7 +213,10 @@ static __always_inline int mp_cu_alloc_return(struct pt_regs *ctx)
         mp_cu_emit(ctx, id, cg, p.func, p.kind, size, 0, rc);
         return 0;
     }
-    bpf_probe_read_user(&ptr, sizeof(ptr), (void *)p.out);
+    if (p.out)
+        bpf_probe_read_user(&ptr, sizeof(ptr), (void *)p.out);
+    else
+        ptr = p.ptr;        // cuMemHostRegister_v2: the address was an argument
     if (p.func == MP_CU_FUNC_cuMemAllocPitch_v2) {
         u64 pitch = 0;
         bpf_probe_read_user(&pitch, sizeof(pitch), (void *)p.pitch_out);
@@ -294,6 +303,13 @@ int mp_cu_release(struct pt_regs *ctx)
 { return mp_cu_enter(MP_CU_FUNC_cuMemRelease, MP_CU_UNKNOWN, 0, 0, 0, 0, PT_REGS_PARM1(ctx)); }
 int mp_cu_freeasync(struct pt_regs *ctx)
 { return mp_cu_enter(MP_CU_FUNC_cuMemFreeAsync, MP_CU_UNKNOWN, 0, 0, 0, 0, PT_REGS_PARM1(ctx)); }
+int mp_cu_hostreg(struct pt_regs *ctx)
+{
+    return mp_cu_enter(MP_CU_FUNC_cuMemHostRegister_v2, MP_CU_HOSTREG, 0, PT_REGS_PARM2(ctx), 0, 0,
+                       PT_REGS_PARM1(ctx));
+}
+int mp_cu_hostunreg(struct pt_regs *ctx)
+{ return mp_cu_enter(MP_CU_FUNC_cuMemHostUnregister, MP_CU_UNKNOWN, 0, 0, 0, 0, PT_REGS_PARM1(ctx)); }
 
 // return probes
 int mp_cu_alloc_ret(struct pt_regs *ctx) { return mp_cu_alloc_return(ctx); }

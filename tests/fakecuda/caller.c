@@ -45,15 +45,19 @@ int main(int argc, char **argv)
     CUresult (*cuMemFreeHost)(void *);
     CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);
     CUresult (*cuMemFreeAsync)(CUdeviceptr, void *);
+    CUresult (*cuMemHostRegister_v2)(void *, size_t, unsigned);
+    CUresult (*cuMemHostUnregister)(void *);
     SYM(cuInit) SYM(cuMemAlloc_v2) SYM(cuMemAllocManaged) SYM(cuMemAllocHost_v2) SYM(cuMemHostAlloc)
     SYM(cuMemAllocPitch_v2) SYM(cuMemCreate) SYM(cuMemAllocAsync) SYM(cuMemAllocFromPoolAsync)
     SYM(cuMemFree_v2) SYM(cuMemFreeHost) SYM(cuMemRelease) SYM(cuMemFreeAsync)
+    SYM(cuMemHostRegister_v2) SYM(cuMemHostUnregister)
     CHECK(cuInit(0), 0);
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready\n");
 
     CUdeviceptr d1 = 0, d2 = 0, m1 = 0, pitched = 0, a1 = 0, a2 = 0, bad = 0;
     void *hp1 = NULL, *hp2 = NULL;
+    static char registered[3u << 20];     /* memory the process owns, pinned by cuMemHostRegister_v2 */
     size_t pitch = 0;
     CUmemGenericAllocationHandle v1 = 0, v2 = 0;
     CUmemAllocationProp prop;
@@ -73,6 +77,7 @@ int main(int argc, char **argv)
             CHECK(cuMemCreate(&v2, 6u << 20, &prop, 0), 0);          /* vmm 6 MiB */
             CHECK(cuMemAllocAsync(&a1, 16u << 20, NULL), 0);         /* pool 16 MiB */
             CHECK(cuMemAllocFromPoolAsync(&a2, 8u << 20, NULL, NULL), 0);   /* pool 8 MiB */
+            CHECK(cuMemHostRegister_v2(registered, sizeof(registered), 0), 0);   /* host-registered 3 MiB */
             CHECK(cuMemAlloc_v2(&bad, 0), 1);                        /* CUDA_ERROR_INVALID_VALUE */
             CHECK(cuMemAlloc_v2(&bad, (size_t)1 << 50), 2);          /* CUDA_ERROR_OUT_OF_MEMORY */
             printf("allocated pitch=%zu\n", pitch);
@@ -87,6 +92,7 @@ int main(int argc, char **argv)
             CHECK(cuMemRelease(v2), 0);
             CHECK(cuMemFreeAsync(a1, NULL), 0);
             CHECK(cuMemFreeAsync(a2, NULL), 0);
+            CHECK(cuMemHostUnregister(registered), 0);
             CHECK(cuMemFree_v2((CUdeviceptr)0xdead0000ull), 1);    /* unknown pointer: fails */
             printf("freed\n");
         } else if (strncmp(line, "exit", 4) == 0) {

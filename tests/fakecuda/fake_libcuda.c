@@ -141,6 +141,36 @@ API CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemor
     return cuMemAlloc_v2(dptr, bytesize);
 }
 
+/* cuMemHostRegister_v2 pins memory the caller owns: nothing is allocated, the range is
+ * remembered so that unregistering an unknown address fails like the driver does */
+static struct { uintptr_t p; size_t size; } registered[64];
+
+API CUresult cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags)
+{
+    (void)Flags;
+    if (p == NULL || bytesize == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (int i = 0; i < 64; i++) {
+        if (registered[i].p == 0) {
+            registered[i].p = (uintptr_t)p;
+            registered[i].size = bytesize;
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+API CUresult cuMemHostUnregister(void *p)
+{
+    for (int i = 0; i < 64; i++) {
+        if (registered[i].p == (uintptr_t)p && p != NULL) {
+            registered[i].p = 0;
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
 API CUresult cuMemFree_v2(CUdeviceptr dptr) { return untrack((uintptr_t)dptr); }
 API CUresult cuMemFreeHost(void *p) { return untrack((uintptr_t)p); }
 API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)

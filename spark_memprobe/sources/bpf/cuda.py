@@ -47,6 +47,10 @@ CUDA_FUNCS = [
     CudaFunc("cuMemFreeHost", 9, None, "mp_cu_freehost", "mp_cu_free_ret"),
     CudaFunc("cuMemRelease", 10, None, "mp_cu_release", "mp_cu_free_ret"),
     CudaFunc("cuMemFreeAsync", 11, None, "mp_cu_freeasync", "mp_cu_free_ret"),
+    # cudaHostRegister pins memory the process already has (anon or page cache): counted apart
+    # from cuMemHostAlloc, whose pages are new shmem (docs/facts.md#f-pinned-shmem)
+    CudaFunc("cuMemHostRegister_v2", 12, "host-registered", "mp_cu_hostreg", "mp_cu_alloc_ret"),
+    CudaFunc("cuMemHostUnregister", 13, None, "mp_cu_hostunreg", "mp_cu_free_ret"),
     # cuda.h maps these names to the _ptsz entry points under CU_API_PER_THREAD_DEFAULT_STREAM
     CudaFunc("cuMemAllocAsync_ptsz", 6, "pool", "mp_cu_async", "mp_cu_alloc_ret", True),
     CudaFunc("cuMemAllocFromPoolAsync_ptsz", 7, "pool", "mp_cu_frompool", "mp_cu_alloc_ret", True),
