@@ -9,22 +9,50 @@ from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 
+BUILD_ERROR = "_native_build_error.txt"     # read by sources/sampler.py native_available()
+
+
 class OptionalBuildExt(build_ext):
-    """Build the cffi extension, but do not fail the install when no compiler is there."""
+    """Build the cffi extension, but do not fail the install when no compiler is there. The
+    reason goes into the installed package, so `memprobe doctor` can say why it fell back."""
+
+    def _error_files(self):
+        """Where the build error goes: the built package, and the source tree for --inplace
+        and editable installs (pip install -e), which import the package from there."""
+        out = [os.path.join(self.build_lib, "spark_memprobe", BUILD_ERROR)]
+        if getattr(self, "_source_too", False):
+            out.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "spark_memprobe", BUILD_ERROR))
+        return out
+
+    def _failed(self, e):
+        print(f"warning: native sampler not built ({e}); pure-Python readers will be used",
+              file=sys.stderr)
+        if getattr(self, "_failed_once", False):
+            return                   # keep the first error: later ones follow from it
+        self._failed_once = True
+        for out in self._error_files():
+            try:
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                with open(out, "w") as f:
+                    f.write(f"{type(e).__name__}: {e}".strip().replace("\n", " ")[:500] + "\n")
+            except OSError:
+                pass
 
     def run(self):
+        self._source_too = bool(self.inplace or getattr(self, "editable_mode", False))
+        for stale in self._error_files():
+            if os.path.exists(stale):
+                os.unlink(stale)
         try:
             super().run()
         except Exception as e:  # noqa: BLE001 - any build failure falls back to pure Python
-            print(f"warning: native sampler not built ({e}); pure-Python readers will be used",
-                  file=sys.stderr)
+            self._failed(e)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001
-            print(f"warning: native sampler not built ({e}); pure-Python readers will be used",
-                  file=sys.stderr)
+            self._failed(e)
 
 
 def version():

@@ -20,6 +20,11 @@ test_pkgs=(tmux)
 # static busybox for the initramfs, mkfs.ext4 for the scratch disk, and headers of the same
 # kernel so bcc can compile the guest's fentry test.
 test_pkgs+=(qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs linux-headers-amd64)
+# The arm64 tier (scripts/qemu/arm64_tier.py, docs/testing.md): qemu-system-aarch64. The guest's
+# arm64 kernels and userland are Debian 12 arm64 packages that the tier itself downloads with
+# apt-get (own lists and cache, the host's package state untouched) and caches, keyed by version,
+# in /var/cache/memprobe-arm64.
+test_pkgs+=(qemu-system-arm)
 # The container engine tests (tests/test_docker*.py, docs/attach.md): Debian's Docker engine
 # (brings containerd with ctr, and runc), Podman, and a static busybox for the test image.
 # memprobe itself needs none of them at run time: it asks whichever engine it finds.

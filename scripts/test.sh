@@ -10,4 +10,9 @@ rc=0
 if [ "${MEMPROBE_V2_TIER:-1}" != 0 ]; then
     .venv/bin/python scripts/qemu/v2_tier.py || rc=$?
 fi
+# The arm64 tier: pip install ., parity, live cgroup v2, eBPF probes and page sizes in an arm64
+# qemu guest (4 KiB and 16 KiB pages; docs/testing.md). MEMPROBE_ARM64_TIER=0 leaves it out.
+if [ "${MEMPROBE_ARM64_TIER:-1}" != 0 ]; then
+    .venv/bin/python scripts/qemu/arm64_tier.py || rc=$?
+fi
 exit $rc

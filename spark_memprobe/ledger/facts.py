@@ -40,7 +40,7 @@ def under(path: Optional[str], root: str) -> bool:
 
 @dataclass
 class Facts:
-    page_size: int
+    page_size: Optional[int]               # bytes per page of the host that was read; None: not recorded
     platform: str
     target: str
     # target memory cgroup (None everywhere when there is no cgroup)
@@ -156,7 +156,8 @@ def _gpus(f: Facts, s: Sample) -> None:
 
 def facts_from_sample(host: HostInfo, s: Sample) -> Facts:
     platform = host.platform.kind if host.platform is not None else "unknown"
-    f = Facts(page_size=host.page_size or 4096, platform=platform, target=_target_name(s))
+    # the page size of the host that was read (4 KiB, 16 KiB or 64 KiB on arm64): never assumed
+    f = Facts(page_size=host.page_size or None, platform=platform, target=_target_name(s))
     cg = s.cgroup
     if cg is not None:
         f.cg_path, f.cg_version = cg.path, cg.version

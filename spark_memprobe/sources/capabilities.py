@@ -25,6 +25,22 @@ def check_root() -> Check:
                  "cannot create cgroups, load eBPF probes, or read other users' /proc/<pid> files")
 
 
+def check_architecture() -> Check:
+    """The CPU architecture and page size, and what each eBPF probe needs on this architecture
+    (x86_64 and aarch64 are the ones tested: docs/testing.md)."""
+    import platform
+
+    from .bpf.supported import ARCH_NAMES, probe_needs
+    arch = platform.machine()
+    page = os.sysconf("SC_PAGE_SIZE")
+    needs = "; ".join(f"{name}: {need}" for name, need in probe_needs(arch))
+    return Check("architecture", arch in ARCH_NAMES,
+                 f"{ARCH_NAMES.get(arch, arch)}, {page // 1024} KiB pages, kernel {os.uname().release}; "
+                 f"probes need here: {needs}",
+                 f"{arch} is not tested (x86_64 and aarch64 are): the native sampler and the eBPF "
+                 "probes may not build or attach")
+
+
 def check_cgroups(root: str = "/sys/fs/cgroup") -> Check:
     lay = detect_layout(root)
     where = {2: f"cgroup v2 at {lay.v2_root}", 1: f"cgroup v1 at {lay.v1_memory_root}"}.get(
@@ -90,7 +106,7 @@ def check_container_engines() -> Check:
                  "no exit codes or OOM flags")
 
 
-CHECKS: list[Callable[[], Check]] = [check_root, check_cgroups, check_native, check_tracefs, check_btf,
+CHECKS: list[Callable[[], Check]] = [check_root, check_architecture, check_cgroups, check_native, check_tracefs, check_btf,
                                      check_nvml, check_bpf_probes, check_container_engines]
 
 

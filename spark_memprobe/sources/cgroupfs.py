@@ -64,7 +64,9 @@ V1_STAT_TO_V2 = {
 }
 
 # v1 reports "no limit" as PAGE_COUNTER_MAX pages in bytes, rounded down to a page:
-# 9223372036854771712 on 4 KiB pages (mm/page_counter.c, include/linux/page_counter.h).
+# 9223372036854771712 on 4 KiB pages, 9223372036854710272 on 64 KiB pages (PAGE_COUNTER_MAX is
+# LONG_MAX / PAGE_SIZE: mm/page_counter.c, include/linux/page_counter.h). The floor lies far below
+# the value for every page size up to 64 KiB, and far above any real limit.
 V1_UNLIMITED_FLOOR = (2**63 - 1) // 65536 * 4096
 
 

@@ -96,6 +96,42 @@ def base_status() -> tuple[bool, str]:
     return True, "root, bcc and bpf() available"
 
 
+ARCH_NAMES = {"x86_64": "x86_64 (amd64)", "aarch64": "aarch64 (arm64)"}
+
+
+def probe_needs(arch: Optional[str] = None) -> list[tuple[str, str]]:
+    """(probe, what it needs on this architecture), for `memprobe doctor` (docs/doctor.md). The
+    mechanisms are those detect() tries; the fault-address tracepoint and fentry differ by arch."""
+    arch = arch or platform.machine()
+    x86 = arch == "x86_64"
+    return [
+        ("faults", "perf software page-fault event"),
+        ("fault_addresses", "tracepoint exceptions:page_fault_user" if x86 else
+                            f"none on {arch} (exceptions:page_fault_user is x86-only)"),
+        ("pagecache", "filemap tracepoints"),
+        ("memcg", "memcg tracepoints (Linux 6.13+), else memory.stat polling"),
+        ("cuda", "uprobes on libcuda.so.1"),
+        ("uvm", "fentry on nvidia_uvm (module BTF, BPF trampolines" +
+                (")" if x86 else f"; bcc 0.26 offers fentry on x86_64 only, not on {arch})")),
+    ]
+
+
+def kfunc_refused(bcc) -> Optional[str]:
+    """Why bcc will not load fentry (kfunc) programs here, or None. bcc decides in
+    BPF.support_kfunc(): x86_64 only in bcc 0.26 (src/python/bcc/__init__.py), then kernel BTF and
+    the bpf_trampoline_link_prog symbol."""
+    try:
+        if bcc.BPF.support_kfunc():
+            return None
+    except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+        return f"bcc could not tell whether fentry works: {e}"
+    ver = getattr(bcc, "__version__", "?")
+    arch = platform.machine()
+    if arch != "x86_64":
+        return f"bcc {ver} offers no fentry (kfunc) probes on {arch} (its BPF.support_kfunc() is x86_64-only)"
+    return f"bcc {ver} says this kernel has no fentry (kfunc) support (BTF or BPF trampolines missing)"
+
+
 def fentry_ok(function: str = "vfs_read") -> tuple[bool, str]:
     """Try to load an fentry program (compiles with bcc: ~0.3 s). Only called when asked."""
     bcc = bccload.import_bcc()
@@ -103,6 +139,9 @@ def fentry_ok(function: str = "vfs_read") -> tuple[bool, str]:
         return False, bccload.bcc_error() or "bcc not found"
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return False, "no kernel BTF (/sys/kernel/btf/vmlinux): fentry needs it"
+    why = kfunc_refused(bcc)
+    if why:
+        return False, why
     bccload.prepare_environment()
     from .quiet import quiet_stderr
     try:
@@ -164,6 +203,8 @@ def detect(want_fentry: bool = False) -> list[ProbeStatus]:
         uvm_ok, uvm_why = False, "nvidia_uvm has no BTF (/sys/kernel/btf/nvidia_uvm): fentry cannot attach"
     elif want_fentry and ok:
         uvm_ok, uvm_why = fentry_ok()
+    elif ok and kfunc_refused(bccload.import_bcc()):
+        uvm_ok, uvm_why = False, kfunc_refused(bccload.import_bcc())
     else:
         uvm_ok, uvm_why = True, "nvidia_uvm with BTF present (fentry tried at attach)"
     add("uvm", "fentry:nvidia_uvm:uvm_cpu_chunk_alloc", uvm_ok, uvm_why)
