@@ -29,6 +29,7 @@ class Derived:
     shmem_mapped: Optional[int] = None      # estimate: shmem the target's processes map
     page_cache_mapped: Optional[int] = None # estimate
     page_cache_lru: Optional[int] = None    # active_file + inactive_file
+    gpu_managed: Optional[int] = None       # the target's managed memory resident on the GPU (eBPF)
 
 
 def _min(*vals: Optional[int]) -> Optional[int]:
@@ -52,14 +53,19 @@ def derive(f: Facts, inputs: LedgerInputs) -> Derived:
     kernel_cap = d.driver_kernel if d.driver_kernel is not None else kernel
     proof = sub(fm, file)
     managed = (inputs.cuda_bytes or {}).get(CUDA_MANAGED) if inputs.cuda_bytes is not None else None
+    # file_mapped also counts shmem that processes map, pinned host memory among it
+    # (docs/facts.md#f-file-mapped-shmem): the target's mapped shmem is no driver page
+    fm_driver = fm
+    if fm is not None and shmem is not None and f.rss_shmem is not None:
+        fm_driver = max(0, fm - min(f.rss_shmem, shmem))
     if fm is None or kernel_cap is None:
         d.driver_mapped_basis = "file_mapped or kernel not read"
     elif managed is not None:
-        d.driver_mapped = min(kernel_cap, fm, managed)
-        d.driver_mapped_basis = "min(unitemised kernel, file_mapped, eBPF managed bytes)"
+        d.driver_mapped = min(kernel_cap, fm_driver, managed)
+        d.driver_mapped_basis = "min(unitemised kernel, file_mapped - mapped shmem, eBPF managed bytes)"
     elif proof is not None and proof > 0:
-        d.driver_mapped = min(kernel_cap, fm)
-        d.driver_mapped_basis = "file_mapped > file: min(unitemised kernel, file_mapped)"
+        d.driver_mapped = min(kernel_cap, fm_driver)
+        d.driver_mapped_basis = "file_mapped > file: min(unitemised kernel, file_mapped - mapped shmem)"
     else:
         d.driver_mapped = 0
         d.driver_mapped_basis = "no evidence (file_mapped <= file and no eBPF managed bytes)"
@@ -70,4 +76,15 @@ def derive(f: Facts, inputs: LedgerInputs) -> Derived:
         # shmem that the target's own processes map (RssShmem); without processes, what fits
         d.shmem_mapped = min(shmem, rest, f.rss_shmem) if f.rss_shmem is not None else min(shmem, rest)
         d.page_cache_mapped = _min(d.page_cache, rest - d.shmem_mapped)
+    d.gpu_managed = _gpu_managed(f, managed, d.driver_mapped)
     return d
+
+
+def _gpu_managed(f: Facts, managed: Optional[int], on_cpu: Optional[int]) -> Optional[int]:
+    """The target's managed memory that lives on the GPU now. NVML per-process memory leaves
+    managed memory out (docs/facts.md#f-managed-migrated), so it is in NVML used minus every
+    process's bytes; the target's share is bounded by its live managed bytes (eBPF) less the
+    part still mapped on the CPU. None without eBPF or NVML: then it is not attributed."""
+    if managed is None or on_cpu is None or not f.gpus_read or f.nvml_used is None or f.gpu_all_procs is None:
+        return None
+    return min(max(0, f.nvml_used - f.gpu_all_procs), max(0, managed - on_cpu))

@@ -34,8 +34,8 @@ ROWS = [
      "Documentation/admin-guide/cgroup-v2.rst (Memory Ownership)"),
     ("gpu_target", "GPU, target", "GPU memory of the target's processes (NVML per-process)",
      "NVML nvmlDeviceGetComputeRunningProcesses usedGpuMemory"),
-    ("gpu_other", "GPU, others", "GPU memory of other processes, the driver, and managed pages that "
-     "migrated to the GPU (NVML device used - target's processes)", "NVML nvmlDeviceGetMemoryInfo_v2"),
+    ("gpu_other", "GPU, others", "GPU memory of other processes and the driver (NVML device used - the "
+     "target's processes and its managed memory on the GPU)", "NVML nvmlDeviceGetMemoryInfo_v2"),
     ("host_other", "rest of host", "memory of other cgroups, the host kernel and reserves",
      "/proc/meminfo (Documentation/filesystems/proc.rst)"),
 ]
@@ -126,6 +126,13 @@ def build_table(f: Facts, d: Derived, inputs: LedgerInputs, cuda: list[CudaFree]
     rows = {k: Row(k, label, title, source=src) for k, label, title, src in ROWS}
     rows["gpu_target"].title = GPU_TARGET_TITLES.get(f.platform, rows["gpu_target"].title)
     rows["elsewhere"].estimate = True
+    if d.gpu_managed is None and f.platform != "integrated":
+        # without the eBPF CUDA probe the target's managed pages on the GPU cannot be told
+        # from other processes' memory (NVML per-process leaves managed memory out)
+        rows["gpu_other"].label = "GPU, not attributed"
+        rows["gpu_other"].title = ("GPU memory not in the target's NVML per-process figure: other processes, the "
+                                   "driver, and any managed memory that migrated to the GPU (no eBPF CUDA probe)")
+    gpu_mine = f.gpu_target if not d.gpu_managed else add(f.gpu_target, d.gpu_managed)
     cols: list[Column] = []
     v = f.cg_version or 2
     cg = f.has_cgroup
@@ -179,8 +186,8 @@ def build_table(f: Facts, d: Derived, inputs: LedgerInputs, cuda: list[CudaFree]
     c = col("nvml_used", "NVML used", "NVML device used, all GPUs (nvidia-smi)",
             "NVML nvmlDeviceGetMemoryInfo_v2 (NOT_SUPPORTED on GB10: DGX Spark known issues)",
             f.nvml_used if f.gpus_read else None)
-    _fill(c, rows, [("gpu_target", None if f.gpu_target is None or c.total is None
-                     else min(f.gpu_target, c.total))], "gpu_other")
+    _fill(c, rows, [("gpu_target", None if gpu_mine is None or c.total is None
+                     else min(gpu_mine, c.total))], "gpu_other")
     c = col("nvml_procs", "NVML procs", "NVML per-process memory of the target's PIDs (host PIDs)",
             "NVML nvmlDeviceGetComputeRunningProcesses", f.gpu_target if f.gpus_read else None)
     _fill(c, rows, [("gpu_target", f.gpu_target)])
@@ -189,8 +196,8 @@ def build_table(f: Facts, d: Derived, inputs: LedgerInputs, cuda: list[CudaFree]
     if f.platform == "integrated":
         _fill(c, rows, _host_parts(f, d, counts_page_cache=True), "host_other")
     else:
-        _fill(c, rows, [("gpu_target", None if f.gpu_target is None or c.total is None
-                         else min(f.gpu_target, c.total))], "gpu_other")
+        _fill(c, rows, [("gpu_target", None if gpu_mine is None or c.total is None
+                         else min(gpu_mine, c.total))], "gpu_other")
     out = [rows[k] for k, *_ in ROWS]
     if cg:
         out = _with_subrows(out, f, d, inputs)
@@ -250,6 +257,12 @@ def _with_subrows(rows: list[Row], f: Facts, d: Derived, inputs: LedgerInputs) -
             subs["driver_kernel"].append(_sub("driver_kernel", "managed", "CUDA managed (eBPF)",
                                               "live cuMemAllocManaged bytes (resident on CPU or GPU)",
                                               {"stat_kernel": min(m, d.driver_kernel)}, "eBPF uprobes"))
+    if d.gpu_managed:
+        subs["gpu_target"] = [_sub("gpu_target", "managed", "managed on GPU (est.)",
+                                   "the target's managed memory resident on the GPU: NVML used minus every "
+                                   "process's bytes, at most its live managed bytes (eBPF) less what is mapped on "
+                                   "the CPU", {"nvml_used": d.gpu_managed, "cuda_used": d.gpu_managed},
+                                   "eBPF uprobes; NVML", estimate=True)]
     out = []
     for r in rows:
         out.append(r)
