@@ -1,5 +1,5 @@
 /* Native sampler: open a target's files once, re-read them with pread at offset 0
- * (which makes procfs and cgroupfs regenerate the text, see DESIGN.md section 6),
+ * (which makes procfs and cgroupfs regenerate the text, see docs/facts.md#f-pread-regenerates),
  * parse into struct mp_sample, and optionally loop in a thread into a ring buffer.
  * Nothing here allocates or prints per tick. */
 #define _GNU_SOURCE

@@ -15,7 +15,7 @@ sizes its KV cache as 0.9 x cudaMemGetInfo free. On GB10, free follows MemFree
 CUDA free at sizing time as kv_cache / 0.9; the hypothesis the fixture encodes (H1) is that
 the container run's smaller free memory is page cache charged to the container. GPU
 allocations come out of system RAM: they lower MemFree and appear in no meminfo field and in
-no memory cgroup (DESIGN.md section 1).
+no memory cgroup (docs/facts.md#f-gb10-uncharged).
 
 Usage: scripts/make_gb10_fixture.py [DEST]   (default tests/fixtures/gb10-synthetic)
 """
@@ -264,7 +264,7 @@ What it encodes:
   kv_cache = 0.9 x (119.64 - peak + ~0.07)).
 - A container (cgroup v2, `{cg}`, memory.max 64 GiB) whose page cache is large (hypothesis H1 below),
   and CUDA allocations that no memory cgroup charges: they lower MemFree and appear in no meminfo field
-  and in no memory.stat key (DESIGN.md section 1: "cudaMalloc memory comes from the driver without a
+  and in no memory.stat key (docs/facts.md#f-gb10-uncharged: "cudaMalloc memory comes from the driver without a
   memcg charge").
 - cudaMemGetInfo free = MemFree (the integrated-GPU model in spark_memprobe/ledger/cuda.py).
 

@@ -11,7 +11,7 @@ mode=${1:-run}
 # an unrelated package) for eBPF attribution.
 run_pkgs=(gcc libc6-dev python3-bpfcc bpfcc-tools)
 # bcc compiles its BPF C against kernel headers; where the running kernel has none (CI VMs:
-# kernel 6.18, Debian ships 6.1), Debian's headers merged below stand in (DESIGN.md section 5).
+# kernel 6.18, Debian ships 6.1), Debian's headers merged below stand in (docs/facts.md#f-vm).
 run_pkgs+=("linux-headers-$(dpkg --print-architecture)")
 # What the tests need on top: a real terminal for the TUI test.
 test_pkgs=(tmux)
@@ -54,7 +54,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# tracefs: tracepoints and uprobes need it (DESIGN.md section 5)
+# tracefs: tracepoints and uprobes need it (docs/facts.md#f-vm)
 if [ ! -d /sys/kernel/tracing/events ]; then
     mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || echo "setup: could not mount tracefs (eBPF probes will be off)"
 fi

@@ -26,8 +26,8 @@ def live_cgroup():
 
 @pytest.fixture(scope="session")
 def dockerd():
-    """A private Docker engine with the test image (tests/engines/dockerd.py, DESIGN.md section
-    5), shared by every Docker test of the session and stopped at its end."""
+    """A private Docker engine with the test image (tests/engines/dockerd.py, docs/facts.md#f-engines),
+    shared by every Docker test of the session and stopped at its end."""
     from engines.dockerd import PrivateDockerd, why_not_available
     why = why_not_available()
     if why:

@@ -1,5 +1,5 @@
 """memprobe ls / attach / snapshot against a real Docker engine (and its containerd), started
-privately for this test session (tests/engines/dockerd.py, DESIGN.md section 5).
+privately for this test session (tests/engines/dockerd.py, docs/facts.md#f-engines).
 
 A container runs tests/workloads/memhog.c touching exactly 200 MiB under `-m 512m`; the tool
 must resolve it by name and by ID prefix to /docker/<id> and read 200 MiB within 5 %, like

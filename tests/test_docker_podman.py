@@ -1,4 +1,4 @@
-"""memprobe against real Podman (4.3, rootful, with the settings DESIGN.md section 5 says it
+"""memprobe against real Podman (4.3, rootful, with the settings docs/facts.md#f-engines says it
 needs here): through the `podman` command when no API socket answers, and through Podman's
 Docker-compatible API socket (also when DOCKER_HOST points at it)."""
 import json
@@ -24,7 +24,7 @@ def podman():
         try:
             p.start()
         except RuntimeError as e:
-            pytest.skip(f"podman does not start here with the DESIGN.md settings: {e}")
+            pytest.skip(f"podman does not start here with the settings of docs/facts.md#f-engines: {e}")
         yield p
     finally:
         problems = p.stop()

@@ -2,7 +2,7 @@
 
 Expected bytes are written out from the raw files of each step (the arithmetic is in the
 comments); tolerances appear only where two samples are compared, because memory.stat is
-flushed lazily from per-CPU batches (DESIGN.md section 6)."""
+flushed lazily from per-CPU batches (docs/facts.md#f-stat-lazy)."""
 from __future__ import annotations
 
 import csv

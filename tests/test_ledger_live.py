@@ -1,6 +1,5 @@
 """Live: a workload of known size in a throwaway memory cgroup on this machine, read by the real
-sampler, must land in the right ledger rows (DESIGN.md section 4: prove numbers on a workload of
-known size). Works on whichever hierarchy holds the memory controller (v1 on these hybrid VMs)."""
+sampler, must land in the right ledger rows. Works on whichever hierarchy holds the memory controller (v1 on these hybrid VMs)."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,5 @@
 // memprobe: memcg stat updates summed IN THE KERNEL per (memcg id, item); nothing is sent per
-// update (memcg tracepoints fire on every counter change, DESIGN.md section 6).
+// update (memcg tracepoints fire on every counter change, docs/facts.md#f-memcg-tracepoints).
 // memcg:mod_memcg_state, memcg:mod_memcg_lruvec_state and memcg:count_memcg_events exist
 // since Linux 6.13 (include/trace/events/memcg.h). Their `id` is cgroup_id() of the memcg's
 // cgroup: the directory inode in the hierarchy that holds the memory controller (v1 memory

@@ -3,7 +3,7 @@
 // index and order of the folio (include/trace/events/filemap.h). The owner of each folio is
 // remembered at insertion, keyed by (dev, inode, index), and removals are subtracted from that
 // owner: removal is often done by kswapd or another task, so the cgroup current at removal is
-// not the owner (DESIGN.md section 6).
+// not the owner (docs/facts.md#f-owner-at-insert).
 
 #ifndef MP_PC_OWNER_ENTRIES
 #define MP_PC_OWNER_ENTRIES 1048576

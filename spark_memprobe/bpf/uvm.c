@@ -1,6 +1,6 @@
 // memprobe: UVM CPU chunk allocations per (cgroup v2 id, process), by fentry on nvidia_uvm.
 // Only loaded where the nvidia_uvm module is present with BTF and the kernel allows fentry
-// (refused with EPERM on the CI VMs, DESIGN.md section 5). Arguments are not read: their
+// (refused with EPERM on the CI VMs, docs/facts.md#f-vm). Arguments are not read: their
 // layout differs between driver versions.
 
 struct mp_uvm_key {

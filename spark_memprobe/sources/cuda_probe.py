@@ -1,7 +1,7 @@
 """What the CUDA driver says, asked from a short-lived subprocess (ctypes on libcuda.so.1).
 
 The sampling process never initialises CUDA: a context costs about 500 MB of GPU memory
-and would perturb what is measured (DESIGN.md section 6). `probe_cuda()` runs this module
+and would perturb what is measured (docs/facts.md#f-cuda-context). `probe_cuda()` runs this module
 as a child process that calls cuInit and reads device attributes (no context is created);
 with meminfo=True the child also creates the primary context and reads cuMemGetInfo, the
 "free" that engines size their KV cache from, then exits (the context dies with it).

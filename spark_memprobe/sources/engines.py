@@ -325,7 +325,7 @@ class PodmanCLIEngine(Engine):
         info = _docker_state({"Id": d["Id"], "Name": d.get("Name"), "State": d.get("State"),
                               "Config": d.get("Config")}, "podman", self.endpoint)
         # podman inspect's State.Status is "running"/"exited"; OOMKilled exists but Podman 4.3
-        # leaves it false after a memcg OOM kill (measured, DESIGN.md section 5)
+        # leaves it false after a memcg OOM kill (measured, docs/facts.md#f-engines)
         return info
 
 

@@ -118,7 +118,7 @@ def test_page_based_fields_scale_with_the_page_size(v2_cgroups):
             p.stdin.write(f"{n}\n")
             p.stdin.flush()
             assert p.stdout.readline().strip() == "touched"
-            # memory.stat and vmstat are flushed from per-CPU batches (DESIGN.md section 6)
+            # memory.stat and vmstat are flushed from per-CPU batches (docs/facts.md#f-stat-lazy)
             slack_pages = 128 * (os.cpu_count() or 1)
             for smp, b in zip(samplers, before):
                 def check(s, b=b, kind=smp.kind):

@@ -1,4 +1,4 @@
-"""A private Docker engine for the tests (DESIGN.md section 5): Debian's dockerd with its own
+"""A private Docker engine for the tests (docs/facts.md#f-engines): Debian's dockerd with its own
 data root, exec root and socket under a temp dir, overlay2, no iptables, no bridge, the
 cgroupfs driver (so containers land in /docker/<id>); a test image imported from a
 busybox-static rootfs plus tests/workloads/memhog.c built with gcc -static. No registry.

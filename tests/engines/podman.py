@@ -1,5 +1,5 @@
 """Podman for the tests, with the only settings under which Podman 4.3 runs on this hybrid-cgroup
-machine (DESIGN.md section 5): runc (crun refuses hybrid cgroups), the cgroupfs manager, nofile <=
+machine (docs/facts.md#f-engines): runc (crun refuses hybrid cgroups), the cgroupfs manager, nofile <=
 20000 and nproc <= 32768 default ulimits, the file events logger. Storage, run and tmp dirs live
 under a private temp dir given through CONTAINERS_CONF / CONTAINERS_STORAGE_CONF, so the host's
 podman state is not touched."""

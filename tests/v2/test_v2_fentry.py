@@ -1,5 +1,5 @@
 """fentry in the guest's stock kernel (the qemu tier): the host kernel refuses fentry (EPERM,
-DESIGN.md section 5); Debian's 6.1 kernel in the guest allows it. One fentry probe on
+docs/facts.md#f-vm); Debian's 6.1 kernel in the guest allows it. One fentry probe on
 page_counter_try_charge (mm/page_counter.c, a global function, so it is in vmlinux BTF)
 sums the pages charged per cgroup v2 id (bpf_get_current_cgroup_id, no struct walks) while
 a worker in a throwaway cgroup touches N MiB of anonymous memory.

@@ -24,7 +24,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 V2_ROOT = "/sys/fs/cgroup"
 SKIP_REASON = ("needs pure cgroup v2 with the memory controller; "
                "runs in the qemu tier (scripts/qemu/v2_tier.py)")
-# memory.stat is flushed lazily from per-CPU batches (DESIGN.md section 6): a reading can
+# memory.stat is flushed lazily from per-CPU batches (docs/facts.md#f-stat-lazy): a reading can
 # lag by up to MEMCG_CHARGE_BATCH (64) pages per CPU (mm/memcontrol.c).
 STAT_SLACK = 64 * PAGE * (os.cpu_count() or 1)
 
@@ -85,7 +85,7 @@ def within(got: Optional[int], want: int, what: str = "", tol: Optional[float] =
 
 def settle(sample_fn, check, timeout: float = 4.0):
     """Sample until check(sample) returns no errors, or fail with the last errors.
-    (memory.stat can lag a flush period behind memory.current; DESIGN.md section 6)"""
+    (memory.stat can lag a flush period behind memory.current; docs/facts.md#f-stat-lazy)"""
     deadline = time.monotonic() + timeout
     while True:
         s = sample_fn()

@@ -8,7 +8,7 @@ known distribution locations (never the whole dist-packages directory), and only
 
 bcc compiles BPF C against kernel headers. Where /lib/modules/$(uname -r)/build is missing
 (this VM: kernel 6.18, Debian ships 6.1 headers) it needs BCC_KERNEL_SOURCE pointing at a
-merged header tree (scripts/setup.sh builds one with `cp -as`, DESIGN.md section 5). With
+merged header tree (scripts/setup.sh builds one with `cp -as`, docs/facts.md#f-vm). With
 mismatched headers, struct layouts are wrong, so our BPF code reads only helpers and
 tracepoint fields (whose layout bcc takes from the running kernel's tracefs format files).
 """
