@@ -3,7 +3,6 @@
 Layout (schema 1; `sqlite3 run.db .schema` shows it):
   meta(key, value)            magic, schema version, tool version
   header(key, value)          JSON: host facts, capabilities, target, probes chosen/refused, interval
-  targets(seq, mono_ns, wall_ns, value)   target history (a restarted container gets a new cgroup)
   paths(id, path)             dictionary of flattened sample field paths
   samples(seq, mono_ns, wall_ns, keyframe, data, <scalar columns>)
       data is zlib(JSON) of the sample flattened to {path id: value}: a full keyframe every
@@ -11,6 +10,10 @@ Layout (schema 1; `sqlite3 run.db .schema` shows it):
       sample. The scalar columns repeat a few raw readings so that sqlite3 users and report
       timelines need not decode blobs.
   events(seq, mono_ns, kind, value)       JSON, e.g. eBPF aggregates
+Files written before this layout may also hold an empty `targets` table: readers ignore it.
+
+The schema only grows: a reader skips header keys, sample fields and event kinds it does not
+know, so a recording from a newer memprobe that only added some still reads.
 
 Conventions between `memprobe record` and its readers (report, replay, export):
   header keys  "host" (HostInfo as a dict), "capabilities" (doctor checks), "target" (the
@@ -39,6 +42,10 @@ checkpoints and switches the file to a rollback journal: run.db alone is then co
 file its name or its sidecars' names point to is opened. This module imports sample and probe
 report types only (never sources): a recording replays exactly as it ran.
 
+This module is the only code that runs SQL on a recording; readers use Recording: header, host,
+len() and mono (one timestamp per sample), samples by index range (samples, samples_at, walk)
+or by time (index_at), scalar timelines, and events by kind (Events: values decoded on access).
+
 Readers open read-only and leave no trace: `immutable=1` when there is no -wal (no writer can
 exist; works on read-only media), `mode=ro` when there is one. Every value read is checked
 against the types the recording conventions give (samples.py, events.py and the shapes below)
@@ -47,6 +54,7 @@ most: a bad file is one RecordingError with a one-line reason, never an exceptio
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -59,7 +67,8 @@ import stat
 import time
 import urllib.parse
 import zlib
-from typing import Any, Iterator, Optional, TypedDict, Union, get_args, get_origin, get_type_hints
+from typing import (Any, Iterable, Iterator, NamedTuple, Optional, TypedDict, Union, get_args, get_origin,
+                    get_type_hints)
 
 from . import __version__
 from .events import ProbeReport, ProbeStatus
@@ -393,7 +402,6 @@ class RecordingWriter:
         self.db.executescript(f"""
             CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
             CREATE TABLE header(key TEXT PRIMARY KEY, value TEXT);
-            CREATE TABLE targets(seq INTEGER PRIMARY KEY, mono_ns INTEGER, wall_ns INTEGER, value TEXT);
             CREATE TABLE paths(id INTEGER PRIMARY KEY, path TEXT UNIQUE);
             CREATE TABLE samples(seq INTEGER PRIMARY KEY, mono_ns INTEGER, wall_ns INTEGER,
                                  keyframe INTEGER, data BLOB, {cols});
@@ -448,12 +456,6 @@ class RecordingWriter:
     def add_event(self, mono_ns: int, kind: str, value: Any) -> None:
         self.db.execute("INSERT INTO events(mono_ns, kind, value) VALUES (?, ?, ?)",
                         (mono_ns, kind, json.dumps(value, default=str)))
-        self._maybe_commit()
-
-    @_writes
-    def add_target(self, mono_ns: int, wall_ns: int, value: dict) -> None:
-        self.db.execute("INSERT INTO targets(mono_ns, wall_ns, value) VALUES (?, ?, ?)",
-                        (mono_ns, wall_ns, json.dumps(value, default=str)))
         self._maybe_commit()
 
     @_writes
@@ -606,6 +608,7 @@ class Recording:
             raise RecordingError(f"{path}: corrupt recording (a field path that is not text)")
         self.paths = dict(paths)
         self._types: dict[int, Any] = {}
+        self._selected: dict[tuple, frozenset] = {}
         if not all(type(s) is int and type(m) is int and type(k) is int for s, m, k in rows):
             bad = next(i for i, r in enumerate(rows) if not all(type(x) is int for x in r))
             raise RecordingError(f"{path}: corrupt recording (sample {bad}: seq, mono_ns or keyframe is not "
@@ -641,8 +644,9 @@ class Recording:
         return f if f is not None and 0 < f <= 1 else None
 
     def _decode(self, blob: Any) -> list:
-        """A sample blob: [[path id, value], ...], each value of its field's type (or REMOVED).
-        Inflation stops at MAX_SAMPLE_JSON_BYTES: a small zlib bomb costs no memory."""
+        """A sample blob: [[path id, value], ...], each value of its field's type (or REMOVED);
+        fields this version does not know (a newer memprobe's) are left out. Inflation stops at
+        MAX_SAMPLE_JSON_BYTES: a small zlib bomb costs no memory."""
         if not isinstance(blob, bytes):
             raise RecordingError(f"{self.path}: corrupt sample data (a {type(blob).__name__}, not a zlib blob)")
         z = zlib.decompressobj()
@@ -661,22 +665,37 @@ class Recording:
             raise RecordingError(f"{self.path}: corrupt sample data ({e})") from None
         if not isinstance(body, list):
             raise RecordingError(f"{self.path}: corrupt sample data (a {type(body).__name__}, not a list)")
+        known = []
         for item in body:
             if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
                 raise RecordingError(f"{self.path}: corrupt sample data (item {str(item)[:40]})")
             pid, v = item
             if pid not in self.paths:
                 raise RecordingError(f"{self.path}: corrupt sample data (unknown field id {pid})")
-            if v != REMOVED and not self._fits(pid, v):
+            hint = self._leaf(pid)
+            if hint is None:
+                continue
+            # flattened: only scalars and empty containers are leaves
+            if v != REMOVED and (isinstance(v, (list, dict)) and v or not _fits(v, hint)):
                 raise RecordingError(f"{self.path}: corrupt sample data ({self.paths[pid]} = {str(v)[:40]})")
-        return body
+            known.append(item)
+        return known
 
-    def _fits(self, pid: int, v: Any) -> bool:
+    def _leaf(self, pid: int) -> Any:
+        """The type of a field path's leaf; None for a path no Sample field has."""
         if pid not in self._types:
             self._types[pid] = _leaf_type(self.paths[pid])
-        hint = self._types[pid]
-        # flattened: only scalars and empty containers are leaves
-        return hint is not None and not (isinstance(v, (list, dict)) and v) and _fits(v, hint)
+        return self._types[pid]
+
+    def _select(self, fields: tuple[str, ...]) -> frozenset:
+        """Ids of the field paths under `fields` (patterns of path parts, '*' for any one part)."""
+        if fields not in self._selected:
+            pats = [f.split("/") for f in fields]
+            self._selected[fields] = frozenset(
+                pid for pid, path in self.paths.items()
+                if any(len(parts) >= len(pat) and all(a in ("*", b) for a, b in zip(pat, parts))
+                       for parts in [path.split("/")] for pat in pats))
+        return self._selected[fields]
 
     def build_sample(self, flat: dict) -> Sample:
         """The Sample of a flattened {path: value} whose values _decode checked."""
@@ -687,36 +706,62 @@ class Recording:
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise RecordingError(f"{self.path}: corrupt sample data ({type(e).__name__}: {e})") from None
 
-    def samples(self, start: int = 0, stop: Optional[int] = None) -> Iterator[Sample]:
-        """Samples start..stop-1 (indices into the recording), rebuilt exactly."""
+    def walk(self, start: int = 0, stop: Optional[int] = None) -> Iterator["Step"]:
+        """Samples start..stop-1 in one pass from the keyframe before start, as Steps: a Sample
+        is built only when asked for, whole or in part."""
         stop = len(self) if stop is None else min(stop, len(self))
         if start >= stop:
             return
-        k = max([i for i in self.keyframes if i <= start], default=None)
-        if k is None:
+        k = bisect.bisect_right(self.keyframes, start) - 1
+        if k < 0:
             raise RecordingError(f"{self.path}: corrupt recording (no keyframe before sample {start})")
-        flat: dict = {}
-        i = k
+        i = self.keyframes[k]
+        step = Step(self)
         try:
             cur = self.db.execute("SELECT keyframe, data FROM samples WHERE seq >= ? AND seq < ? ORDER BY seq",
-                                  (self.seqs[k], self.seqs[stop - 1] + 1))
+                                  (self.seqs[i], self.seqs[stop - 1] + 1))
             for key, blob in cur:
                 body = self._decode(blob)
                 if key:
-                    flat = {}
+                    step.flat.clear()
                 for pid, v in body:
                     if v == REMOVED:
-                        flat.pop(self.paths[pid], None)
+                        step.flat.pop(pid, None)
                     else:
-                        flat[self.paths[pid]] = v
+                        step.flat[pid] = v
                 if i >= start:
-                    yield self.build_sample(flat)
+                    step.index, step.body, step.whole = i, body, bool(key) or i == start
+                    yield step
                 i += 1
         except sqlite3.DatabaseError as e:
             raise RecordingError(f"{self.path}: corrupt recording ({e})") from None
 
+    def samples(self, start: int = 0, stop: Optional[int] = None) -> Iterator[Sample]:
+        """Samples start..stop-1 (indices into the recording), rebuilt exactly."""
+        for step in self.walk(start, stop):
+            yield step.sample()
+
     def sample(self, i: int) -> Sample:
         return next(self.samples(i, i + 1))
+
+    def samples_at(self, indices: Iterable[int]) -> dict[int, Sample]:
+        """{index: Sample} for the given indices, each keyframe span read once."""
+        out: dict[int, Sample] = {}
+        want = sorted({i for i in indices if 0 <= i < len(self)})
+        while want:
+            k = bisect.bisect_right(self.keyframes, want[0]) - 1
+            nxt = self.keyframes[k + 1] if 0 <= k + 1 < len(self.keyframes) else len(self)
+            span = [i for i in want if i < nxt]
+            for step in self.walk(span[0], span[-1] + 1):
+                if step.index in span:
+                    out[step.index] = step.sample()
+            want = want[len(span):]
+        return out
+
+    def index_at(self, mono_ns: int) -> Optional[int]:
+        """Index of the last sample at or before mono_ns; None before the first."""
+        i = bisect.bisect_right(self.mono, mono_ns) - 1
+        return i if i >= 0 else None
 
     def timeline(self, columns: list[str]) -> list[tuple]:
         """(mono_ns, wall_ns, *columns) for every sample, from the scalar columns."""
@@ -734,30 +779,9 @@ class Recording:
                                      f"integer: {r})")
         return rows
 
-    def events(self, kind: Optional[str] = None) -> list[tuple[int, str, Any]]:
-        """(mono_ns, kind, value) in order; values checked against their kind's shape."""
-        q = "SELECT mono_ns, kind, value FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY seq"
-        try:
-            rows = self.db.execute(q, (kind,) if kind else ()).fetchall()
-        except sqlite3.DatabaseError as e:
-            raise RecordingError(f"{self.path}: corrupt recording ({e})") from None
-        out = []
-        for m, k, v in rows:
-            if type(m) is not int:
-                raise RecordingError(f"{self.path}: corrupt recording (event time {m!r})")
-            try:
-                value = json_value(v)
-            except ValueError as e:
-                raise RecordingError(f"{self.path}: corrupt '{k}' event ({e})") from None
-            out.append((m, k, check_event(self.path, k, value)))
-        return out
-
-    def targets(self) -> list[tuple[int, int, dict]]:
-        try:
-            rows = self.db.execute("SELECT mono_ns, wall_ns, value FROM targets ORDER BY seq").fetchall()
-            return [(m, w, json_value(v)) for m, w, v in rows]
-        except (sqlite3.DatabaseError, ValueError) as e:
-            raise RecordingError(f"{self.path}: corrupt recording (targets: {e})") from None
+    def events(self, kind: Optional[str] = None) -> "Events":
+        """Events of one kind (None: every kind) in order; values decoded on access."""
+        return Events(self, kind)
 
     def close(self) -> None:
         if self.db is not None:
@@ -769,3 +793,115 @@ class Recording:
             with contextlib.suppress(OSError):         # none was made (read-only media)
                 os.unlink(self._made_shm)
             self._made_shm = None
+
+
+class Step:
+    """One sample of Recording.walk(): valid until the walk moves on."""
+
+    def __init__(self, rec: Recording):
+        self.rec = rec
+        self.index = -1
+        self.flat: dict[int, Any] = {}     # path id -> value, the whole sample
+        self.body: list = []               # [path id, value] written for this sample
+        self.whole = True                  # a keyframe, or the first step: everything is new
+
+    def changed(self, fields: tuple[str, ...]) -> bool:
+        """Did a field under `fields` (Recording._select patterns) change since the previous step?"""
+        if self.whole:
+            return True
+        ids = self.rec._select(fields)
+        return any(pid in ids for pid, _ in self.body)
+
+    def sample(self, fields: Optional[tuple[str, ...]] = None) -> Sample:
+        """The Sample, whole, or holding only `fields` (e.g. ("gpus", "processes/*/pid")) and its times."""
+        paths = self.rec.paths
+        if fields is None:
+            return self.rec.build_sample({paths[pid]: v for pid, v in self.flat.items()})
+        ids = self.rec._select((*fields, "mono_ns", "wall_ns"))
+        return self.rec.build_sample({paths[pid]: v for pid, v in self.flat.items() if pid in ids})
+
+
+class Event(NamedTuple):
+    mono_ns: int
+    kind: str
+    value: Any
+
+
+class Events:
+    """Events of one kind (or every kind) of a recording, in order. Times are read when it is
+    made; a value is decoded and checked against its kind's shape when it is asked for, so
+    opening a one-hour recording with eBPF on (thousands of large cumulative reports) parses
+    none of them. The last value decoded is kept."""
+
+    def __init__(self, rec: Recording, kind: Optional[str] = None):
+        self.rec, self.kind = rec, kind
+        q = "SELECT seq, mono_ns, kind FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY seq"
+        try:
+            rows = rec.db.execute(q, (kind,) if kind else ()).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise RecordingError(f"{rec.path}: corrupt recording ({e})") from None
+        for _seq, m, k in rows:
+            if type(m) is not int:
+                raise RecordingError(f"{rec.path}: corrupt recording ('{k}' event time {m!r})")
+        self.seqs = [r[0] for r in rows]
+        self.mono = [r[1] for r in rows]
+        self.kinds = [r[2] for r in rows]
+        self._kept: tuple[int, Any] = (-1, None)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, i: int) -> Event:
+        i = range(len(self))[i]
+        return Event(self.mono[i], self.kinds[i], self.value(i))
+
+    def __iter__(self) -> Iterator[Event]:
+        return (self[i] for i in range(len(self)))
+
+    def _text(self, i: int) -> Any:
+        try:
+            row = self.rec.db.execute("SELECT value FROM events WHERE seq = ?", (self.seqs[i],)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise RecordingError(f"{self.rec.path}: corrupt recording ({e})") from None
+        return row[0] if row else None
+
+    def value(self, i: int) -> Any:
+        if self._kept[0] != i:
+            kind = self.kinds[i]
+            try:
+                v = json_value(self._text(i))
+            except ValueError as e:
+                raise RecordingError(f"{self.rec.path}: corrupt '{kind}' event ({e})") from None
+            self._kept = (i, check_event(self.rec.path, kind, v))
+        return self._kept[1]
+
+    def key(self, i: int, key: str) -> Any:
+        """One top-level key of a large JSON object without parsing the rest: json.dumps writes
+        '"key": ' unescaped only for keys, and no nested object of a ProbeReport has a key that
+        a top-level one has."""
+        if self._kept[0] == i:
+            v = self._kept[1]
+            return v.get(key) if isinstance(v, dict) else None
+        text = self._text(i)
+        at = text.find(f'"{key}": ') if isinstance(text, str) else -1
+        if at < 0:
+            return None
+        try:
+            v, _end = json.JSONDecoder().raw_decode(text, at + len(key) + 4)
+        except (ValueError, RecursionError) as e:
+            raise RecordingError(f"{self.rec.path}: corrupt '{self.kinds[i]}' event ({e})") from None
+        return check_event(self.rec.path, self.kinds[i], v, key)
+
+    def last_at(self, mono_ns: int) -> Optional[int]:
+        """Index of the last event at or before mono_ns; None before the first."""
+        k = bisect.bisect_right(self.mono, mono_ns) - 1
+        return k if k >= 0 else None
+
+    def value_at(self, mono_ns: int) -> Any:
+        """The value of the last event at or before mono_ns; None before the first."""
+        k = self.last_at(mono_ns)
+        return None if k is None else self.value(k)
+
+    def between(self, after_ns: int, upto_ns: int) -> list[Any]:
+        """Values of the events with after_ns < mono_ns <= upto_ns (in the order written)."""
+        return [self.value(i) for i, m in enumerate(self.mono) if after_ns < m <= upto_ns]

@@ -69,6 +69,25 @@ class Zone:
 
 
 @dataclass
+class KernelMemory:
+    """The page allocator's state for the whole host, read about once a second: zones with
+    their watermarks and free blocks, the sysctls that set the watermarks, and the host's
+    memory pressure (/proc/pressure/memory). None: not read."""
+    zones: list[Zone] = field(default_factory=list)
+    min_free_kbytes: Optional[int] = None          # /proc/sys/vm/min_free_kbytes (the kernel's unit)
+    watermark_scale_factor: Optional[int] = None   # /proc/sys/vm/watermark_scale_factor (1/10000)
+    pressure: Optional[Pressure] = None
+
+
+def kernel_from_dict(d: dict) -> KernelMemory:
+    d = dict(d)
+    d["zones"] = [Zone(**z) for z in d.get("zones") or []]
+    if d.get("pressure") is not None:
+        d["pressure"] = Pressure(**d["pressure"])
+    return KernelMemory(**d)
+
+
+@dataclass
 class CgroupSample:
     """One memory cgroup. v2 names throughout; on cgroup v1 only the fields whose meaning
     matches are filled (mapping in docs/snapshot.md and sources/cgroupfs.py), the rest

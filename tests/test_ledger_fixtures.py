@@ -208,6 +208,11 @@ def test_inference_step03_first_touch_from_counters():
     assert "/tmp/model/model.safetensors" in text
     # RSS's "not charged here": those file pages plus RssAnon 476484 kB - memcg anon 479629312
     assert lg.cell("elsewhere", "rss") == f.bytes + 476484 * 1024 - 479629312
+    # the same as fields: the owner (how much of these pages it holds is not known without eBPF),
+    # the rows the bytes sit in, no file proven
+    assert [(o.name, o.bytes) for o in f.owners] == [("/warmer", None)]
+    assert [(r.name, r.bytes) for r in f.rows] == [("page_cache", None), ("elsewhere", f.bytes)]
+    assert f.files == []
 
 
 def test_inference_step03_first_touch_names_the_weights_with_ebpf():
@@ -217,6 +222,21 @@ def test_inference_step03_first_touch_names_the_weights_with_ebpf():
     assert f.bytes == 1772249088 and f.confidence == "high"        # 432678 pages of the 1772245440-byte file
     assert f.title.endswith("charged to /warmer")
     assert "/tmp/model/model.safetensors" in f.evidence[0]
+    assert [(o.name, o.bytes) for o in f.owners] == [("/warmer", 1772249088)]
+    assert [(x.name, x.bytes) for x in f.files] == [("/tmp/model/model.safetensors", 1772249088)]
+
+
+@pytest.mark.parametrize("scenario,cgroup", [(CG2, "memprobe_fixture"), (INF, "memprobe_engine"), (GB10, GB10_CG)])
+def test_every_finding_names_the_ledger_rows_it_sits_in(scenario, cgroup):
+    """Finding.rows holds ledger row keys (what the screen highlights), never free text."""
+    raised = set()
+    for st in steps(scenario):
+        lg = build_ledger(*load_step(st, cgroup))
+        keys = {r.key for r in lg.rows}
+        for f in lg.findings:
+            raised.add(f.rule)
+            assert f.rows and {r.name for r in f.rows} <= keys, (st, f.rule, f.rows)
+    assert raised
 
 
 def test_inference_step05_kv_budget_matches_what_the_engine_computed():

@@ -5,13 +5,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import pytest
 
 from fixture_loader import load_step, steps
+from report_recordings import fixture_recording
+from spark_memprobe.cli import EXIT_BAD_INPUT, main
 from spark_memprobe.recording import (KEYFRAME_EVERY, Recording, RecordingError, RecordingWriter, flatten,
                                       unflatten)
-from spark_memprobe.samples import sample_to_dict
+from spark_memprobe.events import ProbeReport, report_to_dict
+from spark_memprobe.feed.replay import ReplayFeed
+from spark_memprobe.samples import CgroupSample, Sample, sample_to_dict
 from spark_memprobe.sources.sampler import PureSampler
 
 ALL = [(s, "memprobe_fixture") for s in steps("h100-cgroup2-scenario")] + \
@@ -35,7 +42,6 @@ def test_flatten_roundtrip():
 def test_fixture_samples_replay_exactly(tmp_path):
     samples = fixture_samples()
     path = str(tmp_path / "run.db")
-    from dataclasses import asdict
     w = RecordingWriter(path, {"host": asdict(samples[0][0]), "interval_ns": 100_000_000})
     for _, s in samples:
         w.add_sample(s)
@@ -99,37 +105,71 @@ def test_kill_9_loses_at_most_the_last_second(tmp_path):
     assert len(list(r.samples())) == len(r)
 
 
-def test_bad_files_one_line_errors(tmp_path):
-    foreign = tmp_path / "foreign.db"
-    db = sqlite3.connect(foreign)
+def bad_recordings(tmp_path, good: str) -> dict[str, tuple[str, str]]:
+    """{case: (path, what its one-line error says)}: bad files made from the recording `good`.
+    The only SQL in the tests outside tests/adversarial: these files are broken on purpose."""
+    data = open(good, "rb").read()
+    out = {}
+    p = tmp_path / "text.db"
+    p.write_text("hello")
+    out["text"] = (str(p), "not an SQLite file")
+    p = tmp_path / "foreign.db"
+    db = sqlite3.connect(p)
     db.execute("CREATE TABLE x(a)")
     db.commit()
     db.close()
-    text = tmp_path / "text.db"
-    text.write_text("hello")
-    good = tmp_path / "good.db"
-    w = RecordingWriter(str(good), {})
-    with PureSampler() as smp:
-        for _ in range(3):
-            w.add_sample(smp.sample())
-    w.close()
-    newer = tmp_path / "newer.db"
-    newer.write_bytes(good.read_bytes())
-    db = sqlite3.connect(newer)
-    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
-    db.commit()
-    db.close()
-    trunc = tmp_path / "trunc.db"
-    trunc.write_bytes(good.read_bytes()[:3000])
-    cases = {str(foreign): "foreign", str(text): "not an SQLite file", str(newer): "newer memprobe",
-             str(tmp_path / "none.db"): "no such recording"}
-    for path, text_ in cases.items():
-        with pytest.raises(RecordingError) as e:
-            Recording(path)
-        assert text_ in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(RecordingError):
-        r = Recording(str(trunc))
-        list(r.samples())
+    out["foreign"] = (str(p), "not a memprobe recording")
+    p = tmp_path / "empty.db"
+    RecordingWriter(str(p), {"probes": None}).close()
+    out["empty"] = (str(p), "the recording holds no samples; nothing to report")
+    p = tmp_path / "trunc.db"
+    p.write_bytes(data[:len(data) // 2])
+    out["truncated"] = (str(p), "corrupt")
+    for name, sql, args, want in [
+            ("blob", "UPDATE samples SET data = x'deadbeef' WHERE seq = 3", (), "corrupt sample data"),
+            ("fields", "UPDATE samples SET data = ? WHERE seq = 0", (zlib.compress(b"[[999999, 5]]"),),
+             "corrupt sample data"),
+            ("newer", "UPDATE meta SET value = '99' WHERE key = 'schema_version'", (), "written by a newer memprobe"),
+            ("probe event", """INSERT INTO events(mono_ns, kind, value) VALUES (5, 'probes', '{"bogus": 1}')""", (),
+             "corrupt 'probes' event")]:
+        p = tmp_path / f"{name.replace(' ', '-')}.db"
+        p.write_bytes(data)
+        db = sqlite3.connect(p)
+        db.execute(sql, args)
+        db.commit()
+        db.close()
+        out[name] = (str(p), want)
+    out["missing"] = (str(tmp_path / "nothing.db"), "no such recording")
+    return out
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> str:
+    return fixture_recording("h100-cgroup2-scenario", str(tmp_path_factory.mktemp("good") / "good.db"))
+
+
+def test_bad_files_one_line_errors(tmp_path, good):
+    for name, (path, want) in bad_recordings(tmp_path, good).items():
+        try:
+            with Recording(path) as r:
+                list(r.samples())
+                [e.value for e in r.events()]
+        except RecordingError as e:
+            assert "\n" not in str(e) and want in str(e), (name, str(e))
+        else:
+            assert name == "empty", f"{name}: read without an error"
+
+
+def test_bad_recordings_report_one_line_exit_6(tmp_path, good, capsys):
+    for name, (path, want) in bad_recordings(tmp_path, good).items():
+        capsys.readouterr()
+        assert main(["report", path]) == EXIT_BAD_INPUT, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"memprobe: {path}") and want in err, (name, err)
+        assert "Traceback" not in err
+        # a comparison with one bad side fails the same way
+        assert main(["report", good, path]) == EXIT_BAD_INPUT, name
+        capsys.readouterr()
 
 
 def test_refuses_to_overwrite_and_symlinks(tmp_path):
@@ -154,3 +194,106 @@ def test_size_bound_stops_and_says_so(tmp_path):
     r = Recording(path)
     assert len(r) == kept < 2000
     assert r.events("recording_stopped")
+
+
+@dataclass
+class NewerCgroup(CgroupSample):
+    tier_bytes: Optional[int] = None                # a field a newer memprobe might add
+
+
+@dataclass
+class NewerSample(Sample):
+    nics: list = field(default_factory=list)        # a whole new part of the sample
+
+
+def test_a_newer_recording_with_more_fields_still_reads(tmp_path):
+    """The schema only grows: header keys, sample fields and event kinds a reader does not know are
+    skipped, and everything it knows reads as written (report and replay included)."""
+    host, s = load_step(steps("h100-cgroup2-scenario")[4], "memprobe_fixture")
+    path = str(tmp_path / "newer.db")
+    w = RecordingWriter(path, {"host": asdict(host), "interval_ns": 10 ** 8, "probes": None,
+                               "energy": {"unit": "J", "per_sample": True}})
+    want = []
+    for i in range(3):
+        cg = NewerCgroup(**asdict(s.cgroup), tier_bytes=i)
+        cg.pressure = s.cgroup.pressure
+        newer = NewerSample(**{**vars(s), "cgroup": cg, "mono_ns": (i + 1) * 10 ** 8}, nics=[{"rx_bytes": i}])
+        w.add_sample(newer)
+        w.add_event(newer.mono_ns, "gpu_power", {"watts": [300 + i]})
+        want.append({**sample_to_dict(s), "mono_ns": newer.mono_ns})
+    w.close()
+    with Recording(path) as r:
+        assert [sample_to_dict(x) for x in r.samples()] == want
+        assert r.header["energy"] == {"unit": "J", "per_sample": True}
+        assert [e.value for e in r.events("gpu_power")] == [{"watts": [300]}, {"watts": [301]}, {"watts": [302]}]
+    assert main(["report", path, "-o", str(tmp_path / "r.md")]) == 0
+    assert main(["replay", path, "--json"]) == 0
+
+
+def test_an_old_file_with_a_targets_table_reads(tmp_path, good):
+    """Writers before this layout made a `targets` table (never filled from the CLI): it is ignored."""
+    path = tmp_path / "old.db"
+    path.write_bytes(open(good, "rb").read())
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE targets(seq INTEGER PRIMARY KEY, mono_ns INTEGER, wall_ns INTEGER, value TEXT)")
+    db.execute("""INSERT INTO targets(mono_ns, wall_ns, value) VALUES (1, 2, '{"cgroup_path": "/x"}')""")
+    db.commit()
+    db.close()
+    with Recording(str(path)) as r, Recording(good) as g:
+        assert [sample_to_dict(x) for x in r.samples()] == [sample_to_dict(x) for x in g.samples()]
+    assert main(["report", str(path), "-o", str(tmp_path / "r.md")]) == 0
+
+
+def test_events_are_decoded_when_asked_for(tmp_path):
+    """Opening a replay parses no event: a bad 'probes' event (the writer takes any JSON) is found
+    only by the item that needs it, as one line."""
+    host, s = load_step(steps("h100-cgroup2-scenario")[0], "memprobe_fixture")
+    path = str(tmp_path / "run.db")
+    w = RecordingWriter(path, {"host": asdict(host), "probes": []})
+    for i in range(6):
+        s.mono_ns = (i + 1) * 10 ** 9
+        w.add_sample(s)
+        w.add_event(s.mono_ns, "probes", {"bogus": i} if i == 3 else report_to_dict(ProbeReport(0, s.mono_ns)))
+        w.add_event(s.mono_ns, "mapped_files", {"files": []})
+    w.close()
+    with Recording(path) as r:
+        feed = ReplayFeed(r)
+        assert len(feed.reports) == 6
+        for i in (0, 1, 2, 4, 5):
+            assert feed.item(i).report.ended_mono_ns == (i + 1) * 10 ** 9
+        with pytest.raises(RecordingError, match="corrupt 'probes' event"):
+            feed.item(3)
+
+
+def test_reader_api_by_index_and_time(tmp_path):
+    samples = fixture_samples()
+    path = str(tmp_path / "run.db")
+    w = RecordingWriter(path, {"host": asdict(samples[0][0])})
+    for i, (_, s) in enumerate(samples):
+        w.add_sample(s)
+        w.add_event(s.mono_ns, "target", {"kind": "restarted", "message": f"m{i}"})
+    w.close()
+    with Recording(path) as r:
+        mono = [s.mono_ns for _, s in samples]
+        assert r.mono == mono
+        assert r.index_at(mono[5]) == 5 and r.index_at(mono[5] + 1) == 5 and r.index_at(mono[0] - 1) is None
+        got = r.samples_at([9, 2, 2, 7, len(r) + 3])
+        assert sorted(got) == [2, 7, 9]
+        assert all(sample_to_dict(got[i]) == sample_to_dict(samples[i][1]) for i in got)
+        # a walk builds a sample in part: only the fields asked for (and the times); changed() says
+        # whether they moved since the previous sample
+        fields = ("gpus", "processes/*/pid")
+        for step in r.walk(4, 8):
+            part, whole = step.sample(fields), samples[step.index][1]
+            assert part.gpus == whole.gpus and part.meminfo is None and part.cgroup is None
+            assert [p.pid for p in part.processes] == [p.pid for p in whole.processes]
+            assert part.processes[0].rss_bytes is None and part.mono_ns == whole.mono_ns
+            prev = samples[step.index - 1][1]
+            moved = step.index == 4 or whole.gpus != prev.gpus or [p.pid for p in whole.processes] != \
+                [p.pid for p in prev.processes]
+            assert step.changed(fields) == moved
+        ev = r.events("target")
+        assert ev.value_at(mono[3]) == {"kind": "restarted", "message": "m3"} and ev.value_at(mono[0] - 1) is None
+        assert ev.between(mono[2], mono[4]) == [{"kind": "restarted", "message": "m3"},
+                                                {"kind": "restarted", "message": "m4"}]
+        assert ev[-1].value["message"] == f"m{len(r) - 1}" and ev[-1].kind == "target"

@@ -22,9 +22,10 @@ import pytest
 
 from livecg import MiB, LiveCgroup, fresh_file
 from report_recordings import MiniRecorder
+from spark_memprobe.analysis.compare import compare
+from spark_memprobe.analysis.report import analyse, open_recording
 from spark_memprobe.cli import main
-from spark_memprobe.views.report_compare import compare, build_comparison
-from spark_memprobe.views.report_data import analyse, open_recording
+from spark_memprobe.views.report_compare import build_comparison, cause_text
 from spark_memprobe.views.report_doc import build_report
 from spark_memprobe.views.report_md import render_markdown
 
@@ -94,10 +95,11 @@ def test_compare_names_the_dropped_file(workdir, tmp_path):
         pc = next(r for r in c.peak.rows if r.key == "page_cache")
         assert abs(pc.delta + FILE_MIB * MiB) <= TOL * FILE_MIB * MiB, pc
         cause = c.peak.causes[0]
-        assert cause.kind == "file" and path in cause.text, c.peak.causes
+        assert cause.kind == "file" and path in [x.path for x in cause.files], c.peak.causes
+        assert path in cause_text(c.peak, cause)
         f = next(x for x in c.peak.files if x.path == path)
         assert f.a == FILE_MIB * MiB and f.b == 0                # smaps Rss of the child's mapping
-        assert "first-touch" not in " ".join(x.text for x in c.peak.causes)
+        assert "first_touch" not in [x.kind for x in c.peak.causes]
         md = render_markdown(build_comparison(c))
         verdict = md.split("## Side by side")[0]
         assert path.replace("_", "\\_") in verdict or path in verdict
@@ -136,8 +138,10 @@ def test_compare_names_first_touch_ownership(workdir, tmp_path):
         pc = next(r for r in c.peak.rows if r.key == "page_cache")
         assert abs(pc.delta + FILE_MIB * MiB) <= TOL * FILE_MIB * MiB, pc
         cause = c.peak.causes[0]
-        assert cause.kind == "first_touch", c.peak.causes
-        assert warmer.path in cause.text and "first-touch page-cache ownership" in cause.text
+        assert cause.kind == "first_touch" and cause.first_touch.run == "B", c.peak.causes
+        assert [o.name for o in cause.first_touch.finding.owners] == [warmer.path]
+        text = cause_text(c.peak, cause)
+        assert warmer.path in text and "first-touch page-cache ownership" in text
         ft = db.peak.ledger.finding("first_touch")
         assert ft is not None and warmer.path in ft.title
         assert abs(ft.bytes - FILE_MIB * MiB) <= TOL * FILE_MIB * MiB
@@ -195,7 +199,7 @@ def test_compare_names_the_file_from_ebpf_page_cache(workdir, tmp_path):
         c = compare(da, db)
         assert c.peak.files_source.startswith("eBPF page-cache ownership")
         cause = c.peak.causes[0]
-        assert cause.kind == "file" and path in cause.text, c.peak.causes
+        assert cause.kind == "file" and path in [x.path for x in cause.files], c.peak.causes
         md = render_markdown(build_report(da))
         assert "**high** for naming files and owners" in md
     finally:
@@ -205,7 +209,8 @@ def test_compare_names_the_file_from_ebpf_page_cache(workdir, tmp_path):
 FAKECUDA = os.path.join(os.path.dirname(__file__), "fakecuda")
 # what tests/fakecuda/caller.c allocates on "alloc" (tests/test_bpf_probes.py SIZES)
 CUDA_SIZES = {"device": (64 << 20) + (1 << 20) + 4096 + 1024 * 300, "managed": 32 << 20,
-              "host-pinned": (8 << 20) + (4 << 20), "vmm": (2 << 20) + (6 << 20), "pool": (16 << 20) + (8 << 20)}
+              "host-pinned": (8 << 20) + (4 << 20), "vmm": (2 << 20) + (6 << 20), "pool": (16 << 20) + (8 << 20),
+              "host-registered": 3 << 20}
 
 
 def test_report_cuda_allocations_by_kind_from_uprobes(workdir, tmp_path):

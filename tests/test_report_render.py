@@ -17,8 +17,9 @@ import zlib
 import pytest
 
 from report_recordings import fixture_recording
-from spark_memprobe.views.report_compare import build_comparison, compare
-from spark_memprobe.views.report_data import analyse, open_recording
+from spark_memprobe.analysis.compare import compare
+from spark_memprobe.analysis.report import analyse, open_recording
+from spark_memprobe.views.report_compare import build_comparison
 from spark_memprobe.views.report_doc import ChartBlock, Details, Table, build_report
 from spark_memprobe.views.report_html import render_html
 from spark_memprobe.views.report_md import render_markdown

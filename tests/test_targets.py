@@ -16,8 +16,8 @@ import termios
 
 import pytest
 
-from spark_memprobe.sources.targets import (Follower, Resolver, TargetError, classify_path,
-                                            container_cgroup, follow_loop, list_targets)
+from spark_memprobe.feed.follow import Follower
+from spark_memprobe.sources.targets import Resolver, TargetError, classify_path, container_cgroup, list_targets
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 _spec = importlib.util.spec_from_file_location("paths_make", os.path.join(FIX, "paths-make.py"))
@@ -278,17 +278,18 @@ def test_follow_recreated_cgroup_then_removed(tmp_path):
     f.close()
 
 
-def test_follow_loop_pid_exit_and_count(tmp_path):
+def test_follow_pid_exit_has_no_grace(tmp_path):
     shutil.copytree(os.path.join(FIX, "paths-v2-systemd"), tmp_path / "t")
     r = resolver("t", root=str(tmp_path))
     t = r.resolve("pid:4242")
     f = Follower(r, t, exit_grace_s=5)
-    seen = []
-    end = follow_loop(f, 0.01, seen.append, seen.append, count=2, sleep=lambda s: None)
-    assert end.kind == "count" and len(seen) == 2
+    for _ in range(2):
+        s, ev = f.tick()
+        assert s is not None and ev == []
+    assert f.samples == 2
     shutil.rmtree(tmp_path / "t/proc/4242")
-    end = follow_loop(f, 0.01, seen.append, lambda e: None, sleep=lambda s: None)
-    assert end.kind == "ended" and end.message == "process 4242 exited"     # no grace for a PID
+    s, ev = f.tick()
+    assert s is None and [(e.kind, e.message) for e in ev] == [("ended", "process 4242 exited")]   # no grace for a PID
     f.close()
 
 

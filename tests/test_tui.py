@@ -14,7 +14,8 @@ from rich.console import Console
 
 from fixture_loader import load_step, steps
 from livecg import MiB, LiveCgroup
-from spark_memprobe.feed import ReplayFeed, ledger_of
+from spark_memprobe.feed import ledger_of
+from spark_memprobe.feed.replay import ReplayFeed
 from spark_memprobe.ledger import build_ledger, ledger_to_dict
 from spark_memprobe.recording import Recording
 from spark_memprobe.views.tui import TuiState, render_screen, trend_point
@@ -144,10 +145,11 @@ def test_record_kill_9_then_replay_json(cg, tmp_path):
 @root
 def test_replay_ledger_equals_live_ledger(cg, tmp_path):
     """The same samples give the same ledger live and replayed (the ledger is recomputed)."""
-    import argparse
-    from spark_memprobe.cli.live import LiveFeed, Recorder, recording_header
-    args = argparse.Namespace(proc="/proc", cgroup_root="/sys/fs/cgroup")
-    feed = LiveFeed(args, f"cgroup:{cg.path}", bpf=False)
+    from spark_memprobe.feed.live import LiveFeed
+    from spark_memprobe.feed.recorder import Recorder, recording_header
+    from spark_memprobe.sources.targets import Resolver
+    r = Resolver()
+    feed = LiveFeed(r, r.resolve(f"cgroup:{cg.path}"), bpf=False)
     path = str(tmp_path / "same.db")
     rec = Recorder(path, recording_header(feed, 0.1, 0.9))
     live = []

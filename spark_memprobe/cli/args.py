@@ -87,3 +87,12 @@ def cgroup_path(text: str) -> str:
         return check_cgroup_path(text)
     except TargetError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def size(text: str) -> int:
+    """'512M', '1G', '1GiB', '1.5G', '1000000' -> bytes (binary units)."""
+    from fractions import Fraction
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 512M, 1G)")
+    return int(Fraction(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))

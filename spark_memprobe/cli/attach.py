@@ -6,27 +6,12 @@ import json
 import sys
 import time
 
-from . import (EXIT_ERROR, EXIT_MISSING, EXIT_NOT_FOUND, EXIT_OK, EXIT_OUTPUT, EXIT_PERMISSION, EXIT_USAGE,
-               CliError)
+from . import EXIT_MISSING, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, CliError
 from .args import duration, fraction, interval, positive_int
-
-# TargetError kinds -> exit codes (docs/exit-codes.md)
-TARGET_EXIT = {"not_found": EXIT_NOT_FOUND, "not_running": EXIT_NOT_FOUND, "ambiguous": EXIT_USAGE,
-               "usage": EXIT_USAGE, "permission": EXIT_PERMISSION, "missing": EXIT_MISSING}
 
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def resolve_target(args, query: str):
-    """Resolve TARGET for any subcommand; resolution errors become one-line CliErrors."""
-    from ..sources.targets import Resolver, TargetError
-    r = Resolver(proc=args.proc, cgroup_root=args.cgroup_root)
-    try:
-        return r, r.resolve(query)
-    except TargetError as e:
-        raise CliError(str(e), TARGET_EXIT.get(e.kind, EXIT_ERROR))
 
 
 def add_parser(sub):
@@ -79,11 +64,12 @@ def run(args) -> int:
 
 
 def _attach(args, tty: bool, interval: float) -> int:
+    from ..feed.recorder import Recorder, recording_header
     from ..recording import RecordingError
-    from .live import LiveFeed, Recorder, recording_header
-    from .record import bpf_wanted
+    from .record import close_recording
+    from .target import live_feed
 
-    feed = LiveFeed(args, args.target, bpf_wanted(args), exit_grace_s=args.exit_grace)
+    feed = live_feed(args)
     rec = None
     try:
         if feed.follower.target.cgroup_path is None and not feed.follower.target.pids:
@@ -107,7 +93,7 @@ def _attach(args, tty: bool, interval: float) -> int:
     finally:
         feed.close()
         if rec is not None:
-            print(rec.close(), file=sys.stderr if args.json else sys.stdout)
+            print(close_recording(rec), file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK
 
 
@@ -121,6 +107,7 @@ def event_text(end, feed, samples) -> str:
 
 def _plain(args, feed, interval: float, rec) -> None:
     """One line (or JSON object) per sample, until the target ends, --count, or Ctrl-C/SIGTERM."""
+    from ..feed.ticker import Ticker
     from ..samples import sample_to_dict
     from ..sources.targets import target_to_dict
     from ..views.attach import event_line, header_line, sample_line, target_lines
@@ -150,7 +137,7 @@ def _plain(args, feed, interval: float, rec) -> None:
             out.flush()
 
     show_target()
-    nxt = time.monotonic()
+    tick = Ticker(interval)
     final = None
     try:
         while True:
@@ -177,13 +164,9 @@ def _plain(args, feed, interval: float, rec) -> None:
                 final = ("count", f"stopped after --count {args.count}; {plural(feed.follower.samples, 'sample')}",
                          time.time_ns(), {})
                 break
-            nxt += interval
-            delay = nxt - time.monotonic()
+            delay = tick.next()
             if item.sample is None:
-                delay = min(delay, 0.2)       # while the target is away, look again sooner
-                nxt = time.monotonic() + max(delay, 0)
-            if delay < 0:
-                nxt, delay = time.monotonic(), 0
+                delay = tick.within(0.2)      # while the target is away, look again sooner
             time.sleep(delay)
     except KeyboardInterrupt:
         final = ("interrupted", f"interrupted; {plural(feed.follower.samples, 'sample')}", time.time_ns(), {})

@@ -2,9 +2,9 @@
 (docs/export.md).
 
 Shape: one background thread samples every --interval (host once: meminfo, NVML; each target:
-its cgroup and processes, through sources/targets.Follower), builds one ledger per target,
-turns them into metric families (views/metrics.py), renders them once and swaps them into a
-cache. A scrape only reads that cache (export_http.py serves it): it never waits for /proc,
+its cgroup and processes, and its context, through feed/multi.py), builds one ledger per target
+(feed/items.py ledger_inputs, as the screen does), turns them into metric families
+(views/metrics.py), renders them once and swaps them into a cache. A scrape only reads that cache (export_http.py serves it): it never waits for /proc,
 cgroupfs, NVML, a container engine or eBPF maps, so a slow or hung source makes the data older
 (memprobe_exporter_data_age_seconds), never a scrape slower. Data older than --stale-after is
 withheld rather than served as current.
@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from . import EXIT_OK, EXIT_ERROR, EXIT_PERMISSION, EXIT_USAGE, CliError
 from .args import duration, fraction, interval
-from .attach import TARGET_EXIT
+from .target import TARGET_EXIT
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
 ERROR_STAGES = ("targets", "host", "bpf", "sample", "ledger", "metrics", "cycle")   # memprobe_exporter_errors_total
@@ -85,15 +85,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- targets
-@dataclass
-class Watched:
-    """One target being followed: its Follower, and how it was asked for."""
-    key: str                              # the TARGET as given, or "container:<id>" / "pod:<uid>"
-    follower: object                      # sources.targets.Follower
-    label: str                            # value of the `target` label
-    fixed: bool
-
-
 def target_labels(t, hostname: str, label: str) -> tuple[dict, dict]:
     """(identifying labels, descriptive labels) of a sources.targets.Target."""
     pod = ns = ""
@@ -141,6 +132,7 @@ class Exporter:
 
     def __post_init__(self):
         from prometheus_client import ProcessCollector
+        from ..feed.multi import TargetSet
         from ..views.metrics import ExporterStats
         self.relist = self.relist if self.relist is not None else max(self.interval, 5.0)
         self.stale_after = self.stale_after if self.stale_after is not None else max(3 * self.interval, 30.0)
@@ -148,15 +140,15 @@ class Exporter:
         # counters start at 0 for every stage, so increase() sees the first error
         self.stats.errors = {stage: 0 for stage in ERROR_STAGES}
         self.stats.fixed_targets = {q: False for q in self.queries}
-        self.watched: dict[str, Watched] = {}
+        self.targets = TargetSet(self.proc, self.cgroup_root, self.queries, self.all_containers, self.relist,
+                                 self.kv_fraction, self._say, self._error)
+        self.stats.target_changes = self.targets.changes
         self.exposition = None          # export_http.Exposition: replaced whole, never mutated; read lock-free
         self.process = ProcessCollector(registry=None)  # process_cpu_seconds_total etc.: the exporter's own overhead
         self.host = None
         self.host_sampler = None
-        self.engines = None
         self.probes = None
-        self._last_relist = float("-inf")
-        self._last_connect = float("-inf")
+        self._overdue = 0               # late libcuda searches already counted
         self._said: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -165,31 +157,16 @@ class Exporter:
     def check_targets(self) -> None:
         """Resolve every TARGET once: errors that waiting cannot fix (usage, ambiguous,
         permission, no memory hierarchy) end the command; not found / not running is waited for."""
-        from ..sources.targets import TargetError
-        r = self._resolver()
-        for q in self.queries:
-            try:
-                r.resolve(q)
-            except TargetError as e:
-                if e.kind in ("not_found", "not_running"):
-                    self.log(f"{q}: {e}; exporting it once it appears")
-                else:
-                    raise CliError(f"{q}: {e}", TARGET_EXIT.get(e.kind, EXIT_ERROR))
+        for q, e in self.targets.unresolved():
+            if e.kind in ("not_found", "not_running"):
+                self.log(f"{q}: {e}; exporting it once it appears")
+            else:
+                raise CliError(f"{q}: {e}", TARGET_EXIT.get(e.kind, EXIT_ERROR))
 
     def start(self) -> None:
-        from ..sources.cgroupfs import CgroupFS
-        from ..sources.nvml import NvmlReader
-        from ..sources.platform import read_host_info
-        from ..sources.sampler import open_sampler
-        self.cgfs = CgroupFS(self.cgroup_root)
+        from ..feed.host import open_host
         # the host once per cycle: meminfo, vmstat and NVML (with each GPU process's owner cgroup)
-        self.host_sampler = open_sampler(proc=self.proc, cgroup_root=self.cgroup_root, nvml=True)
-        first = self.host_sampler.sample()
-        nv = NvmlReader()
-        try:
-            self.host = read_host_info(self.cgfs.layout.mode, nv, first.gpus)
-        finally:
-            nv.close()
+        self.host_sampler, _, self.host = open_host(self.proc, self.cgroup_root)
         for n in self.host.notes:
             self.log(n)
         if self.bpf:
@@ -222,19 +199,6 @@ class Exporter:
                  + (f"; not attached: {'; '.join(refused)}" if refused else ""))
         self.probes = s
 
-    def _resolver(self):
-        """A fresh Resolver (no cached listing or /proc scan) over the engines connected once.
-        When none answered, they are asked again at most every --relist (an engine started
-        after the exporter is found then)."""
-        from ..sources.targets import Resolver
-        now = time.monotonic()
-        if self.engines is None or (not self.engines and now - self._last_connect >= self.relist):
-            self._last_connect = now
-            r = Resolver(proc=self.proc, cgroup_root=self.cgroup_root)
-            self.engines = r.engines()
-            return r
-        return Resolver(proc=self.proc, cgroup_root=self.cgroup_root, engines=self.engines)
-
     def _say(self, key: str, msg: str) -> None:
         """Log a message about one target only when it changed."""
         if self._said.get(key) != msg:
@@ -245,93 +209,41 @@ class Exporter:
         self.stats.errors[stage] = self.stats.errors.get(stage, 0) + 1
         self._say(f"error:{stage}", f"{stage}: {type(e).__name__}: {e}")
 
-    # -- target set ----------------------------------------------------------------------
-    def _add(self, key: str, target, label: str, fixed: bool) -> None:
-        from ..sources.sampler import open_sampler
-        from ..sources.targets import Follower
-        # exit_grace_s=0: a target that went away is dropped at once and looked for again
-        # (fixed TARGETs every cycle, containers at the next listing), so no stale series linger
-        f = Follower(self._resolver(), target, exit_grace_s=0.0, sampler_factory=open_sampler)
-        self.watched[key] = Watched(key, f, label, fixed)
-        self.stats.target_changes["added"] = self.stats.target_changes.get("added", 0) + 1
-        self._say(key, f"following {target.describe()}")
-
-    def _remove(self, key: str, why: str) -> None:
-        w = self.watched.pop(key, None)
-        if w is None:
-            return
-        try:
-            w.follower.close()
-        finally:
-            self.stats.target_changes["removed"] = self.stats.target_changes.get("removed", 0) + 1
-            self._say(key, f"{w.label}: {why}; its series are gone until it comes back")
-
-    def _update_fixed(self) -> None:
-        from ..sources.targets import TargetError
-        missing = [q for q in self.queries if q not in self.watched]
-        if not missing:
-            return
-        r = self._resolver()
-        for q in missing:
-            try:
-                t = r.resolve(q)
-            except TargetError as e:
-                self._say(q, f"{q}: {e}")
-                continue
-            if t.cgroup_path is None and not t.pids:
-                self._say(q, f"{q}: {t.describe()}: nothing to sample")
-                continue
-            self._add(q, t, q, fixed=True)
-
-    def _relist(self) -> None:
-        from ..sources.targets import TargetError, list_targets
-        now = time.monotonic()
-        if now - self._last_relist < self.relist:
-            return
-        self._last_relist = now
-        r = self._resolver()
-        want = {}
-        for lt in list_targets(r, all=False, units=False):
-            if lt.kind not in ("container", "pod") or lt.state != "running" or not lt.cgroup_path or not lt.id:
-                continue
-            want[f"{lt.kind}:{lt.id}"] = lt
-        for key in [k for k, w in self.watched.items() if not w.fixed and k not in want]:
-            self._remove(key, "no longer listed")
-        for key, lt in want.items():
-            if key in self.watched:
-                continue
-            if lt.kind == "container" and lt.source == "engine" and lt.engine in ("docker", "podman", "containerd"):
-                q = f"{lt.engine}:{lt.id}"
-            elif lt.kind == "pod":
-                q = f"pod:{lt.id}"
-            else:
-                q = f"cgroup:{lt.cgroup_path}"
-            try:
-                t = r.resolve(q)
-            except TargetError as e:
-                self._say(key, f"{key}: {e}")
-                continue
-            t.kind = lt.kind                 # a container found by its cgroup path resolves as a cgroup
-            t.id = t.id or lt.id
-            # found by path while its engine still lists it as not running (the moment of a
-            # `docker start`): the engine's name for it, if any engine knows it
-            t.name = t.name or lt.name or t.labels.get("container_name")
-            t.engine = t.engine or lt.engine
-            label = t.name or (lt.id[:12] if lt.kind == "container" else lt.id)
-            self._add(key, t, label, fixed=False)
-
     # -- one cycle -------------------------------------------------------------------------
+    def _report(self):
+        """This cycle's eBPF report (its CUDA call list: since the previous one), or None."""
+        if self.probes is None:
+            return None
+        report = None
+        try:
+            self.probes.poll()
+            report = self.probes.collect()
+            for n in report.notes:
+                # full kernel tables and lost events: said once (the counts stop growing)
+                key = "bpf:" + re.sub(r"\d+", "N", n)
+                if ("full" in n or "lost" in n or "not counted" in n) and key not in self._said:
+                    self._said[key] = n
+                    self.log(f"eBPF: {n}")
+        except Exception as e:  # noqa: BLE001
+            self._error("bpf", e)
+        late = self.probes.discovery_overdue - self._overdue
+        if late > 0:
+            # a search for libcuda that outlived its deadline (a process's /proc files or a file
+            # in its root stall it) is an error of the bpf stage
+            self._overdue += late
+            self.stats.errors["bpf"] = self.stats.errors.get("bpf", 0) + late
+            self.log(f"bpf: the search for libcuda.so.1 has not returned in {self.probes.opts.discovery_deadline_s:g} s; "
+                     "CUDA allocations of processes that load it meanwhile are not hooked until it does")
+        return report
+
     def cycle(self) -> None:
         from .. import __version__
-        from ..ledger import build_ledger, from_probe_report
+        from ..ledger import build_ledger
         from ..views.metrics import TargetMetrics, build_families
         from .export_http import render
         t0 = time.monotonic()
         try:
-            if self.queries:
-                self._update_fixed()
-            if self.all_containers:
-                self._relist()
+            self.targets.update()
         except Exception as e:  # noqa: BLE001 - the next cycle tries again
             self._error("targets", e)
         host_sample = host_ledger = None
@@ -340,53 +252,19 @@ class Exporter:
             host_ledger = build_ledger(self.host, host_sample, kv_fraction=self.kv_fraction)
         except Exception as e:  # noqa: BLE001
             self._error("host", e)
-        report = None
-        if self.probes is not None:
-            try:
-                self.probes.poll()
-                report = self.probes.collect()       # its CUDA call list: since the previous collect
-                for n in report.notes:
-                    # full kernel tables and lost events: said once (the counts stop growing)
-                    key = "bpf:" + re.sub(r"\d+", "N", n)
-                    if ("full" in n or "lost" in n or "not counted" in n) and key not in self._said:
-                        self._said[key] = n
-                        self.log(f"eBPF: {n}")
-            except Exception as e:  # noqa: BLE001
-                self._error("bpf", e)
-        hybrid_v1 = self.cgfs.layout.memory_version == 1
+        report = self._report()
         out: list[TargetMetrics] = []
-        for key, w in list(self.watched.items()):
+        gpus = host_sample.gpus if host_sample is not None else None     # NVML read once per cycle
+        for r in self.targets.sample(self.host, gpus, report):
             try:
-                s, events = w.follower.tick()
-            except Exception as e:  # noqa: BLE001
-                self._error("sample", e)
-                continue
-            ended = next((e for e in events if e.kind == "ended"), None)
-            for e in events:
-                if e.kind != "ended":
-                    self._say(key, f"{w.label}: {e.message}")
-            if ended is not None:
-                self._remove(key, ended.message)
-                continue
-            if s is None:
-                continue                     # away for now (restarting): no series this cycle
-            t = w.follower.target
-            try:
-                if host_sample is not None:
-                    s.gpus = host_sample.gpus    # NVML read once per cycle for every target
-                pids = sorted(p.pid for p in s.processes)
-                inputs = None
-                if report is not None:
-                    # hybrid hosts: the probes key page cache by cgroup v2 id; the v1 memory cgroup
-                    # is found through the process that added the pages (ledger/inputs.py)
-                    inputs = from_probe_report(report, pids, adder_cgroup=t.cgroup_path if hybrid_v1 else None)
-                lg = build_ledger(self.host, s, inputs, kv_fraction=self.kv_fraction)
-                ident, info = target_labels(t, self.host.hostname or "", w.label)
-                out.append(TargetMetrics(ident, lg, pids, t.cgroup_path, inputs, info))
+                t = r.watched.follower.target
+                pids = sorted(p.pid for p in r.item.sample.processes)
+                ident, info = target_labels(t, self.host.hostname or "", r.watched.label)
+                out.append(TargetMetrics(ident, r.ledger, pids, t.cgroup_path, r.inputs, info))
             except Exception as e:  # noqa: BLE001
                 self._error("ledger", e)
         for q in self.queries:
-            self.stats.fixed_targets[q] = any(tm.labels["target"] == q for tm in out) and q in self.watched
+            self.stats.fixed_targets[q] = any(tm.labels["target"] == q for tm in out) and q in self.targets.watched
         self.stats.cycles += 1
         self.stats.cycle_seconds = time.monotonic() - t0
         self.stats.last_cycle_unix = time.time()
@@ -398,13 +276,10 @@ class Exporter:
             self._error("metrics", e)
 
     def _loop(self) -> None:
-        nxt = time.monotonic()
+        from ..feed.ticker import Ticker
+        tick = Ticker(self.interval)         # a slow cycle shortens the next wait, never piles up
         while not self._stop.is_set():
-            nxt += self.interval
-            delay = nxt - time.monotonic()
-            if delay < 0:                    # a slow cycle shortens the next wait, never piles up
-                nxt, delay = time.monotonic(), 0.0
-            if self._stop.wait(delay):
+            if self._stop.wait(tick.next()):
                 break
             try:
                 self.cycle()
@@ -415,21 +290,12 @@ class Exporter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=max(10.0, 2 * self.interval))
-        for key in list(self.watched):
-            try:
-                self.watched.pop(key).follower.close()
-            except Exception:  # noqa: BLE001
-                pass
+        self.targets.close()
         if self.host_sampler is not None:
             self.host_sampler.close()
         if self.probes is not None:
             self.probes.close()             # detaches every probe
             self.probes = None
-        for e in self.engines or []:
-            try:
-                e.close()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 # --------------------------------------------------------------------------- serving

@@ -1,11 +1,12 @@
 """memprobe record TARGET -o run.db: sample a target headless into a recording (docs/record.md)."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 from . import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, CliError
-from .args import duration, fraction, interval
+from .args import duration, fraction, interval, size
 
 
 def add_parser(sub):
@@ -27,31 +28,20 @@ def add_parser(sub):
     return p
 
 
-def bpf_wanted(args) -> bool:
-    """--bpf: yes (fail if impossible); --no-bpf: no; default: when root and bcc are there."""
-    if args.bpf is not None:
-        if args.bpf:
-            from ..sources.bpf import base_status
-            ok, why = base_status()
-            if not ok:
-                raise CliError(f"--bpf: {why}", EXIT_USAGE)
-        return args.bpf
-    from ..sources.bpf import base_status
-    return base_status()[0]
-
-
 def run(args) -> int:
+    from ..feed.recorder import Recorder, recording_header
+    from ..feed.ticker import Ticker
     from ..recording import MIN_MAX_BYTES, RecordingError
-    from .live import LiveFeed, Recorder, parse_size, recording_header
+    from .target import live_feed
 
     try:
-        max_bytes = parse_size(args.max_size)
-    except ValueError as e:
+        max_bytes = size(args.max_size)
+    except argparse.ArgumentTypeError as e:
         raise CliError(f"--max-size: {e}", EXIT_USAGE)
     if max_bytes < MIN_MAX_BYTES:
         raise CliError(f"--max-size {args.max_size} is too small: a recording's header and first sample need up "
                        f"to {MIN_MAX_BYTES >> 10}K", EXIT_USAGE)
-    feed = LiveFeed(args, args.target, bpf_wanted(args), exit_grace_s=args.exit_grace)
+    feed = live_feed(args)
     rec = None
     try:
         try:
@@ -62,7 +52,8 @@ def run(args) -> int:
         probes = [p["name"] for p in feed.header.probes or [] if p.get("chosen")]
         print(f"recording {feed.target_text()} every {args.interval * 1000:g} ms to {args.output}; eBPF: "
               f"{', '.join(sorted(set(probes))) if probes else 'off'}", flush=True)
-        t0 = nxt = time.monotonic()
+        t0 = time.monotonic()
+        tick = Ticker(args.interval)
         end = None
         try:
             while True:
@@ -70,15 +61,11 @@ def run(args) -> int:
                 rec.write(item)
                 for e in item.events:
                     print(f"{e['kind']}: {e['message']}", flush=True)
-                if end is not None or rec.w.full:
+                if end is not None or rec.full:
                     break
                 if args.duration is not None and time.monotonic() - t0 >= args.duration:
                     break
-                nxt += args.interval
-                delay = nxt - time.monotonic()
-                if delay < 0:
-                    nxt, delay = time.monotonic(), 0
-                time.sleep(delay)
+                time.sleep(tick.next())
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
         except RecordingError as e:                   # disk full, I/O error
@@ -86,5 +73,23 @@ def run(args) -> int:
     finally:
         feed.close()
         if rec is not None:
-            print(rec.close(), flush=True)
+            print(close_recording(rec), flush=True)
     return EXIT_OK
+
+
+def recording_status(rec) -> str:
+    """The recording's line on the live screen: file, size, FULL once --max-size is reached."""
+    from ..views.fmt import fmt_bytes
+    return f"{rec.path} {fmt_bytes(rec.size_bytes())}" + (" FULL" if rec.full else "")
+
+
+def close_recording(rec) -> str:
+    """Commit and close a feed.recorder.Recorder; one line: what was recorded (and why a -wal
+    is left, if one is)."""
+    from ..views.fmt import fmt_bytes
+    note = rec.close()
+    size_b = rec.size_bytes()
+    n = rec.saved
+    per = f", {size_b / n:.0f} bytes/sample" if n else ""
+    lost = f"; {rec.samples - n} samples not written" if rec.samples > n else ""
+    return f"recorded {n} samples to {rec.path} ({fmt_bytes(size_b)}{per}){lost}" + (f"; {note}" if note else "")

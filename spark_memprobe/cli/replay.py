@@ -21,7 +21,7 @@ def add_parser(sub):
 
 
 def open_feed(path: str):
-    from ..feed import ReplayFeed
+    from ..feed.replay import ReplayFeed
     from ..recording import Recording, RecordingError
     try:
         rec = Recording(path)

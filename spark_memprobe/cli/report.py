@@ -80,7 +80,7 @@ def write_private(path: str, text: str) -> None:
 
 def run(args) -> int:
     from ..recording import RecordingError
-    from ..views.report_data import analyse, open_recording
+    from ..analysis.report import analyse, open_recording
 
     if len(args.recordings) > 2:
         raise CliError("give one recording, or two to compare", EXIT_USAGE)
@@ -99,7 +99,8 @@ def run(args) -> int:
         from ..views.report_doc import build_report
         doc = build_report(datas[0])
     else:
-        from ..views.report_compare import build_comparison, compare
+        from ..analysis.compare import compare
+        from ..views.report_compare import build_comparison
         doc = build_comparison(compare(datas[0], datas[1]))
     if fmt == "html":
         from ..views.report_html import render_html

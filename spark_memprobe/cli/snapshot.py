@@ -28,12 +28,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from ..feed.host import open_host
     from ..samples import sample_to_dict
     from ..sources.cgroupfs import CgroupFS, norm_path, parse_proc_cgroup
     from ..sources.procfs import read_pid_cgroup
-    from ..sources.nvml import NvmlReader
-    from ..sources.platform import read_host_info
-    from ..sources.sampler import open_sampler
     from ..sources.targets import is_real_dir
     from ..views.snapshot import render_sample
 
@@ -43,7 +41,7 @@ def run(args) -> int:
     if args.target is not None:
         if args.pid is not None or args.cgroup is not None:
             raise CliError("give TARGET or --cgroup/--pid, not both", EXIT_USAGE)
-        from .attach import resolve_target
+        from .target import resolve_target
         _, t = resolve_target(args, args.target)
         cgroup, version, pids, target = t.cgroup_path, t.cgroup_version, t.pids, t.describe()
     elif args.pid is not None:
@@ -62,14 +60,8 @@ def run(args) -> int:
         if not is_real_dir(d, cgfs.memory_root()):
             raise CliError(f"no such memory cgroup: {cgroup} (looked in {d})", EXIT_NOT_FOUND)
         target = f"memory cgroup v{cgfs.layout.memory_version} {norm_path(cgroup)}"
-    nvml = NvmlReader()
-    try:
-        with open_sampler(proc=args.proc, cgroup_root=args.cgroup_root, cgroup=cgroup, version=version,
-                          pids=pids, nvml=True) as smp:
-            s = smp.sample(detail=True)
-        host = read_host_info(cgfs.layout.mode, nvml, s.gpus)
-    finally:
-        nvml.close()
+    smp, s, host = open_host(args.proc, args.cgroup_root, detail=True, cgroup=cgroup, version=version, pids=pids)
+    smp.close()
     header = host_header(smp.kind, target)
     if args.ledger:
         return _print_ledger(args, header, host, s)

@@ -10,9 +10,10 @@ import sys
 import termios
 import time
 import tty
-from typing import Callable, Optional
+from typing import Optional
 
 from ..feed import FeedHeader, FeedItem, ledger_of
+from ..feed.ticker import Ticker
 from ..views.tui import TuiState, render_screen, trend_point
 
 KEYS = {b"q": "quit", b"Q": "quit", b"p": "pause", b" ": "pause", b"?": "help", b"h": "help",
@@ -75,22 +76,22 @@ def apply_item(st: TuiState, item: FeedItem, header: FeedHeader, kv_fraction: fl
         st.history.append(trend_point(item.sample, st.ledger))
 
 
-def run_live(feed, interval_s: float, kv_fraction: float, recorder=None,
-             on_item: Optional[Callable] = None) -> Optional[dict]:
+def run_live(feed, interval_s: float, kv_fraction: float, recorder=None) -> Optional[dict]:
     """Follow the live feed on the terminal until q, Ctrl-C/SIGTERM or the target ends.
     Returns the final event (a dict) when the target ended."""
+    from .record import recording_status
     st = TuiState(host=feed.header.host, target=feed.target_text(), probes=feed.header.probes)
     term = Terminal()
     end = None
     try:
-        nxt = time.monotonic()
+        tick = Ticker(interval_s)
         ticks: list[float] = []
         while True:
             if not st.paused or recorder is not None:
                 item, end = feed.tick()
                 if recorder is not None:
                     recorder.write(item)
-                    st.recording = recorder.describe()
+                    st.recording = recording_status(recorder)
                 if not st.paused:
                     apply_item(st, item, feed.header, kv_fraction)
                     st.target = feed.target_text()
@@ -104,11 +105,10 @@ def run_live(feed, interval_s: float, kv_fraction: float, recorder=None,
                 while "quit" not in term.keys(60.0):
                     pass
                 break
-            nxt += interval_s
+            tick.next()
             quit_ = False
             while True:
-                wait = nxt - time.monotonic()
-                keys = term.keys(min(wait, 1.0 / MAX_FPS) if wait > 0 else 0)
+                keys = term.keys(min(tick.left(), 1.0 / MAX_FPS))
                 for k in keys:
                     if k == "quit":
                         quit_ = True
@@ -118,12 +118,10 @@ def run_live(feed, interval_s: float, kv_fraction: float, recorder=None,
                         st.show_help = not st.show_help
                 if keys:
                     term.draw(st)
-                if quit_ or time.monotonic() >= nxt:
+                if quit_ or tick.due():
                     break
             if quit_:
                 break
-            if nxt < time.monotonic():
-                nxt = time.monotonic()
     finally:
         term.close()
     return end
@@ -138,7 +136,7 @@ def run_replay(feed, kv_fraction: float, speed: float = 1.0) -> None:
     i = 0
     try:
         last_shown = -1
-        nxt = time.monotonic()
+        tick = Ticker(1.0)
         while True:
             if i != last_shown:
                 item = feed.item(i)
@@ -149,17 +147,17 @@ def run_replay(feed, kv_fraction: float, speed: float = 1.0) -> None:
                 last_shown = i
                 term.draw(st)
             gap = (feed.rec.mono[i + 1] - feed.rec.mono[i]) / 1e9 / speed if i + 1 < n else 1.0
-            nxt += gap
+            tick.next(gap)
             while True:
-                wait = nxt - time.monotonic()
-                keys = term.keys(min(max(wait, 0), 1.0 / MAX_FPS))
+                # paused: nothing is due, so wait for keys at the screen's rate (not in a busy loop)
+                keys = term.keys(1.0 / MAX_FPS if st.paused else min(tick.left(), 1.0 / MAX_FPS))
                 moved = False
                 for k in keys:
                     if k == "quit":
                         return
                     if k == "pause":
                         st.paused = not st.paused
-                        nxt = time.monotonic() + gap
+                        tick.restart(gap)
                     elif k == "help":
                         st.show_help = not st.show_help
                     elif k in ("back", "forward", "page_back", "page_forward", "first", "last"):
@@ -171,9 +169,9 @@ def run_replay(feed, kv_fraction: float, speed: float = 1.0) -> None:
                 if keys and not moved:
                     term.draw(st)
                 if moved:
-                    nxt = time.monotonic()
+                    tick.restart()
                     break
-                if not st.paused and time.monotonic() >= nxt:
+                if not st.paused and tick.due():
                     if i + 1 < n:
                         i += 1
                     else:

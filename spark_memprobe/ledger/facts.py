@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..samples import HostInfo, Sample
+from ..samples import HostInfo, Sample, Vmstat
 
 # memory.stat keys that are parts of `kernel`: "kernel: Amount of total kernel memory,
 # including (kernel_stack, pagetables, percpu, vmalloc, slab) in addition to other kernel
@@ -60,6 +60,7 @@ class Facts:
     processes_unread: list[int] = field(default_factory=list)
     # host
     meminfo: dict[str, int] = field(default_factory=dict)
+    vmstat: Optional[Vmstat] = None
     # GPUs
     gpus_read: bool = False
     nvml_used: Optional[int] = None        # sum over GPUs of NVML device used
@@ -173,6 +174,7 @@ def facts_from_sample(host: HostInfo, s: Sample) -> Facts:
         f.meminfo = dict(s.meminfo.bytes)
     else:
         f.notes.append("/proc/meminfo not read: host columns are empty")
+    f.vmstat = s.vmstat
     _gpus(f, s)
     return f
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..samples import CgroupSample
+from ..samples import CgroupSample, KernelMemory, Vmstat
 
 # CUDA allocation kinds the ledger reads (spark_memprobe/events.py CUDA_KINDS)
 CUDA_DEVICE_KINDS = ("device", "vmm", "pool")
@@ -44,6 +44,9 @@ class LedgerInputs:
     cuda_bytes: Optional[dict[str, int]] = None            # eBPF: target's live CUDA bytes per kind
     mapped_files: Optional[list[MappedFile]] = None        # the target's file mappings
     others: Optional[list[CgroupSample]] = None            # other cgroups read at the same instant
+    kernel: Optional[KernelMemory] = None                   # zones, watermarks, host PSI (about 1 Hz)
+    vmstat_before: Optional[Vmstat] = None                  # /proc/vmstat about a second earlier...
+    vmstat_before_s: Optional[float] = None                 # ...this many seconds before the sample
     notes: list[str] = field(default_factory=list)
 
 

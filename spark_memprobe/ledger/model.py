@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from .available import MemAvailableParts
+
 
 @dataclass
 class Column:
@@ -41,8 +43,16 @@ class Row:
 
 
 @dataclass
+class Part:
+    """What a finding names (a cgroup, a file or a ledger row) and its bytes where known."""
+    name: Optional[str]            # cgroup path, file path or Row.key; None: a cgroup that is not known
+    bytes: Optional[int] = None
+
+
+@dataclass
 class Finding:
-    """One rule's result: bytes counted twice, counted nowhere, or lost."""
+    """One rule's result: bytes counted twice, counted nowhere, or lost. Title and evidence are
+    text for people; what the bytes are and where they sit is in owners, files and rows."""
     rule: str
     title: str
     bytes: int                     # the headline amount (an upper bound when bytes_low is set)
@@ -51,6 +61,9 @@ class Finding:
     evidence: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     bytes_low: Optional[int] = None   # proven lower bound, when bytes is an estimate from above
+    owners: list[Part] = field(default_factory=list)   # cgroups charged for the bytes
+    files: list[Part] = field(default_factory=list)    # files the bytes are pages of
+    rows: list[Part] = field(default_factory=list)     # ledger rows the bytes sit in (Row.key)
 
 
 @dataclass
@@ -104,7 +117,7 @@ class Ledger:
     target: str
     platform: str
     platform_evidence: list[str]
-    page_size: int
+    page_size: Optional[int]          # of the host that was read (HostInfo.page_size); None: unknown
     columns: list[Column]
     rows: list[Row]
     findings: list[Finding]
@@ -112,12 +125,19 @@ class Ledger:
     cuda: list[CudaFree]
     kv: KvBudget
     notes: list[str] = field(default_factory=list)
+    mem_available: Optional[MemAvailableParts] = None   # the kernel's formula, term by term (zoneinfo read)
+    free_in_2mib_blocks_bytes: Optional[int] = None      # free memory in blocks of 2 MiB or more (buddyinfo)
 
     def column(self, key: str) -> Column:
         return next(c for c in self.columns if c.key == key)
 
     def row(self, key: str) -> Row:
         return next(r for r in self.rows if r.key == key)
+
+    def total(self, column: str) -> Optional[int]:
+        """What a view shows; None when it was not read or the ledger has no such view."""
+        c = next((c for c in self.columns if c.key == column), None)
+        return None if c is None else c.total
 
     def cell(self, row: str, column: str) -> Optional[int]:
         """A cell's bytes; KeyError when the view never counts that row."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .available import MemAvailableParts
 from .derive import Derived
 from .facts import Facts
 from .inputs import LedgerInputs
@@ -12,6 +13,7 @@ from .model import Column, CudaFree, KvBudget
 MiB = 1 << 20
 GiB = 1 << 30
 NOISE_BYTES = 1 * MiB        # below this a rule reports nothing: stat flush lag is tens of pages per CPU
+MEMCG_CHARGE_BATCH = 64      # pages a CPU charges ahead and keeps as stock (mm/memcontrol.c)
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
@@ -23,12 +25,23 @@ class Ctx:
     kv: KvBudget
     cuda: list[CudaFree]
     columns: dict[str, Column]
+    avail: Optional[MemAvailableParts] = None     # MemAvailable by the kernel's formula (zoneinfo read)
+    huge_free: Optional[int] = None               # free bytes in blocks of 2 MiB or more (buddyinfo read)
 
 
 @dataclass
 class Skip:
     """The rule does not apply here (platform), or lacks its inputs; reason says which."""
     reason: str
+
+
+def noise(c: Ctx) -> int:
+    """Below this many bytes a rule reports nothing. Per-CPU charge stock and lazy memory.stat
+    flushes move the cgroup numbers by tens of pages per CPU, so the floor scales with the page
+    size of the host that was read: 1 MiB on 4 KiB pages, 4 MiB on 16 KiB, 16 MiB on 64 KiB
+    (Grace hosts); 1 MiB when the page size was not recorded."""
+    page = c.f.page_size
+    return max(NOISE_BYTES, 4 * MEMCG_CHARGE_BATCH * page) if page else NOISE_BYTES
 
 
 def b(n: Optional[int]) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from .facts import under
 from .inputs import CUDA_MANAGED, CUDA_PINNED
-from .model import Finding
-from .rules_common import MiB, NOISE_BYTES, Ctx, Skip, b, by_size, short
+from .model import Finding, Part
+from .rules_common import MiB, Ctx, Skip, b, by_size, noise, short
 
 CG2 = "Documentation/admin-guide/cgroup-v2.rst"
+UNKNOWN_OWNER = "an unknown cgroup (cached before the probes started)"   # a first-touch owner None
+NO_OWNER = "other cgroups (owner not read)"                               # first touch without owners
 
 
 def managed_double_view(c: Ctx):
@@ -20,7 +22,7 @@ def managed_double_view(c: Ctx):
     cache (not in `file`). Hence file_mapped > file, which page cache alone cannot produce.
     memory.current counts them once; anyone adding kernel and mapped file memory counts twice.
     Bytes: at most min(unitemised kernel, file_mapped), at least file_mapped - file (eBPF
-    managed bytes narrow it). Sources: measured on the H100 fixture (DESIGN.md section 1,
+    managed bytes narrow it). Sources: measured on the H100 fixture (docs/facts.md#f-managed-double-view,
     step 07); cgroup-v2.rst memory.stat (kernel, file, file_mapped).
     """
     f, d = c.f, c.d
@@ -28,7 +30,7 @@ def managed_double_view(c: Ctx):
         return Skip("no target cgroup")
     if d.driver_mapped is None:
         return Skip(d.driver_mapped_basis)
-    if d.driver_mapped < NOISE_BYTES:
+    if d.driver_mapped < noise(c):
         return None
     fm, file = f.s("file_mapped"), f.s("file")
     ev = [f"memory.stat file_mapped {b(fm)} vs file {b(file)}" +
@@ -47,8 +49,8 @@ def managed_double_view(c: Ctx):
     conf = "high" if managed is not None or (low is not None and low >= 0.9 * d.driver_mapped) else "medium"
     return Finding("managed_double_view", f"{short(d.driver_mapped)} of managed (UVM) CPU memory counted as kernel "
                    f"AND as mapped file", d.driver_mapped, "warning", conf, ev,
-                   ["DESIGN.md section 1 (H100 fixture, step 07)", CG2 + " memory.stat kernel, file, file_mapped"],
-                   bytes_low=low)
+                   ["docs/facts.md#f-managed-double-view (H100 fixture, step 07)", CG2 + " memory.stat kernel, file, file_mapped"],
+                   bytes_low=low, rows=[Part("driver_kernel", d.driver_mapped)])
 
 
 def driver_kernel_memory(c: Ctx):
@@ -74,7 +76,8 @@ def driver_kernel_memory(c: Ctx):
           "not in RSS, not in file or anon: only memory.current and memory.stat kernel show it"]
     return Finding("driver_kernel_memory", f"{short(hidden)} of driver kernel memory (e.g. UVM CPU pages) that no "
                    "process view shows", hidden, by_size(hidden, f.current), "medium", ev,
-                   [CG2 + " memory.stat kernel", "DESIGN.md section 1 (H100 fixture, step 08)"])
+                   [CG2 + " memory.stat kernel", "docs/facts.md#f-managed-migrated (H100 fixture, step 08)"],
+                   rows=[Part("driver_kernel", hidden)])
 
 
 def pinned_shmem(c: Ctx):
@@ -93,7 +96,7 @@ def pinned_shmem(c: Ctx):
     shmem = f.s("shmem")
     if shmem is None:
         return Skip("memory.stat shmem not read")
-    if shmem < NOISE_BYTES:
+    if shmem < noise(c):
         return None
     ev = [f"memory.stat shmem {b(shmem)} is inside file {b(f.s('file'))}: not reclaimable page cache"]
     if f.rss_shmem is not None:
@@ -107,26 +110,28 @@ def pinned_shmem(c: Ctx):
                    "cache but not reclaimable", shmem, by_size(shmem, f.current),
                    "high" if pinned is not None else "medium", ev,
                    [CG2 + " memory.stat shmem, file", "Documentation/filesystems/proc.rst Cached, Shmem",
-                    "DESIGN.md section 1 (H100 fixture, step 06)"])
+                    "docs/facts.md#f-pinned-shmem (H100 fixture, step 06)"], rows=[Part("shmem", shmem)])
 
 
 def _ebpf_first_touch(c: Ctx):
-    """(bytes, evidence, owners) from eBPF page-cache ownership joined with the target's maps."""
+    """(bytes, evidence, {owner: bytes}, files) from eBPF page-cache ownership joined with the
+    target's maps; owner None: cached before the probes started."""
     f, inputs = c.f, c.inputs
     if inputs.page_cache is None or inputs.mapped_files is None:
         return None
     by_dev_ino = {(m.dev, m.inode) for m in inputs.mapped_files if m.inode}
     paths = {m.path for m in inputs.mapped_files}
-    total, ev, owners = 0, [], set()
+    total, ev, owners, files = 0, [], {}, []
     for p in sorted(inputs.page_cache, key=lambda p: (-p.bytes, p.path or "", p.cgroup or "")):
         if p.cgroup is not None and under(p.cgroup, f.cg_path):
             continue
         if (p.dev, p.inode) in by_dev_ino or (p.path is not None and p.path in paths):
             total += p.bytes
-            owners.add(p.cgroup or "an unknown cgroup (cached before the probes started)")
+            owners[p.cgroup] = owners.get(p.cgroup, 0) + p.bytes
+            files.append(Part(p.path, p.bytes))
             ev.append(f"eBPF: {p.path or p.inode} mapped by the target, {b(p.bytes)} of its page cache charged to "
                       f"{p.cgroup or 'an unknown cgroup'}")
-    return total, ev, owners
+    return total, ev, owners, files
 
 
 def first_touch(c: Ctx):
@@ -150,7 +155,7 @@ def first_touch(c: Ctx):
         low = max(0, f.mapped_max - f.s("file_mapped"))
     if ebpf is None and low is None:
         return Skip("neither eBPF page-cache ownership nor the target's RSS was read")
-    ev, owners = [], set()
+    ev, owners, files = [], {}, []
     if low is not None:
         ev.append(f"the target's processes map {b(f.mapped_max)} of file and shmem pages (largest RssFile + "
                   f"RssShmem); its own file_mapped is {b(f.s('file_mapped'))}: at least {b(low)} is charged elsewhere")
@@ -159,22 +164,29 @@ def first_touch(c: Ctx):
         if o.path == f.cg_path or fm is None:
             continue
         if o.procs == [] and fm > 0:
-            owners.add(o.path)
+            owners[o.path] = None
             ev.append(f"cgroup {o.path} has no process but {b(fm)} of its page cache is mapped (by other cgroups); "
                       f"it holds {b((o.stat or {}).get('file'))} of file pages in all")
     for m in sorted(c.inputs.mapped_files or [], key=lambda m: (-m.size_bytes, m.path))[:3]:
         ev.append(f"the target maps {m.path} ({b(m.size_bytes)} mapping, pid {m.pid})")
     amount, conf = low or 0, "medium" if owners else "low"
     if ebpf is not None and ebpf[0] > 0:
+        # eBPF names the owner of every page of the files the target maps: only those cgroups
+        # are owners, not the ones guessed from counters
         amount, conf = ebpf[0], "high"
         ev = ebpf[1] + ev
-        owners |= ebpf[2]
-    if amount < NOISE_BYTES:
+        owners = dict(ebpf[2])
+        files = ebpf[3]
+    if amount < noise(c):
         return None
-    who = ", ".join(sorted(owners)) if owners else "other cgroups (owner not read)"
+    # None (cached before the probes started) sorts last, as its words do
+    names = sorted(owners, key=lambda o: (o is None, o or ""))
+    who = ", ".join(o or UNKNOWN_OWNER for o in names) if owners else NO_OWNER
     return Finding("first_touch", f"{short(amount)} of page cache the target maps is charged to {who}", amount,
                    by_size(amount, f.current), conf, ev,
-                   [CG2 + " (Memory Ownership)", "H100 inference fixture, step 03"], bytes_low=low)
+                   [CG2 + " (Memory Ownership)", "H100 inference fixture, step 03"], bytes_low=low,
+                   owners=[Part(o, owners[o]) for o in names], files=files,
+                   rows=[Part("page_cache"), Part("elsewhere", amount)])
 
 
 def gpu_uncharged(c: Ctx):
@@ -184,24 +196,31 @@ def gpu_uncharged(c: Ctx):
     cudaMalloc memory; memory.current does not. On integrated UMA that memory is system RAM
     taken by the driver without a memcg charge, so `docker --memory` / memory.max does not
     contain it; on a discrete card it is the card's memory, which memcg never covered (use
-    MIG or MPS limits there). Sources: NVML nvmlDeviceGetComputeRunningProcesses; H100
-    fixtures (NVML used +2 GiB, cgroup unchanged, step 05); DESIGN.md section 1 (GB10).
+    MIG or MPS limits there). With eBPF the target's managed memory resident on the GPU counts
+    too (NVML per-process leaves it out). Sources: NVML nvmlDeviceGetComputeRunningProcesses;
+    docs/facts.md#f-cudamalloc, #f-gb10-uncharged, #f-managed-migrated.
     """
     f = c.f
     if not f.gpus_read:
         return Skip("NVML not read")
     if f.gpu_target is None:
         return Skip("NVML per-process memory not read")
-    if f.gpu_target < NOISE_BYTES:
+    managed = c.d.gpu_managed or 0
+    total = f.gpu_target + managed
+    if total < noise(c):
         return None
     uma = f.platform == "integrated"
-    ev = [f"NVML per-process memory of pids {', '.join(map(str, f.gpu_target_pids))}: {b(f.gpu_target)}",
-          f"memory.current {b(f.current)} does not include it" if f.has_cgroup else "no target cgroup read",
-          "integrated UMA: it is system RAM outside every memory limit" if uma else
-          f"{f.platform}: it is GPU memory; memory.max never limited it"]
-    return Finding("gpu_uncharged", f"{short(f.gpu_target)} of GPU memory of the target charged to no cgroup",
-                   f.gpu_target, "warning" if uma else "info", "high", ev,
-                   ["NVML nvmlDeviceGetComputeRunningProcesses", "H100 fixture step 05 (cudaMalloc 2 GiB)"])
+    ev = [f"NVML per-process memory of pids {', '.join(map(str, f.gpu_target_pids))}: {b(f.gpu_target)}"]
+    if managed:
+        ev.append(f"managed memory of the target resident on the GPU (eBPF, NVML used minus every process): "
+                  f"{b(managed)}")
+    ev += [f"memory.current {b(f.current)} does not include it" if f.has_cgroup else "no target cgroup read",
+           "integrated UMA: it is system RAM outside every memory limit" if uma else
+           f"{f.platform}: it is GPU memory; memory.max never limited it"]
+    return Finding("gpu_uncharged", f"{short(total)} of GPU memory of the target charged to no cgroup",
+                   total, "warning" if uma else "info", "high" if not managed else "medium", ev,
+                   ["NVML nvmlDeviceGetComputeRunningProcesses", "docs/facts.md#f-cudamalloc"],
+                   rows=[Part("gpu_target", total)])
 
 
 def charges_without_processes(c: Ctx):
@@ -217,10 +236,11 @@ def charges_without_processes(c: Ctx):
         return Skip("no target cgroup")
     if f.procs is None:
         return Skip("cgroup.procs not read")
-    if f.procs or f.pids or f.current is None or f.current < NOISE_BYTES:
+    if f.procs or f.pids or f.current is None or f.current < noise(c):
         return None
     ev = [f"no process; memory.current {b(f.current)}: file {b(f.s('file'))}, kernel {b(f.s('kernel'))}, "
           f"anon {b(f.s('anon'))}"]
     return Finding("charges_without_processes", f"{short(f.current)} still charged to a cgroup with no process",
-                   f.current, "info", "high", ev, [CG2 + " (Memory Ownership)", "H100 inference fixture step 09"])
+                   f.current, "info", "high", ev, [CG2 + " (Memory Ownership)", "H100 inference fixture step 09"],
+                   owners=[Part(f.cg_path, f.current)], rows=[Part("page_cache"), Part("kernel")])
 

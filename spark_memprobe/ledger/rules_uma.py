@@ -2,8 +2,8 @@
 On a discrete card each returns Skip with the reason, so the ledger can say why it is silent."""
 from __future__ import annotations
 
-from .model import Finding
-from .rules_common import GiB, NOISE_BYTES, Ctx, Skip, b, platform_skip, short
+from .model import Finding, Part
+from .rules_common import GiB, Ctx, Skip, b, noise, platform_skip, short
 
 SRC_CUDA_UMA = "CUDA Driver API reference, cuMemGetInfo: free is 'free according to the OS' on integrated GPUs"
 
@@ -26,7 +26,7 @@ def kv_cache_thief(c: Ctx):
     kv = c.kv
     if kv.lost_bytes is None:
         return Skip("MemAvailable or MemFree not read")
-    if kv.lost_bytes < NOISE_BYTES:
+    if kv.lost_bytes < noise(c):
         return None
     parts = {p.key: p for p in kv.parts}
     mine = parts.get("target_page_cache")
@@ -47,7 +47,8 @@ def kv_cache_thief(c: Ctx):
         title += f", {short(mine.bytes)} of it the target's page cache"
     return Finding("kv_cache_thief", title, kv.lost_bytes, sev, "high", ev,
                    [SRC_CUDA_UMA, "vLLM issue #35313", "llama.cpp PR #17368", "mm/show_mem.c si_mem_available",
-                    "shared/reference/benchmark-spark (kv_cache = 0.9 x (119.64 - peak))"])
+                    "shared/reference/benchmark-spark (kv_cache = 0.9 x (119.64 - peak))"],
+                   rows=[Part("page_cache", mine.bytes if mine is not None else None)])
 
 
 def uma_tool_sum(c: Ctx):
@@ -67,7 +68,7 @@ def uma_tool_sum(c: Ctx):
     host_used = c.columns["host_used"].total
     if host_used is None:
         return Skip("MemTotal or MemAvailable not read")
-    if host_used < NOISE_BYTES:
+    if host_used < noise(c):
         return None
     mt = c.f.m("MemTotal")
     ev = [f"host used (MemTotal - MemAvailable) = {b(host_used)}",
@@ -79,7 +80,8 @@ def uma_tool_sum(c: Ctx):
     return Finding("uma_tool_sum", f"host used + GPU used overstates by {short(host_used)} on UMA (nvtop style)",
                    host_used, "warning", "high", ev,
                    ["nvtop PR #466 (GPU used = MemTotal - MemAvailable on UMA)", "nvtop PR #511", "gpustat PR #179",
-                    "DGX Spark known issues: nvidia-smi reports memory usage Not Supported"])
+                    "DGX Spark known issues: nvidia-smi reports memory usage Not Supported"],
+                   rows=[Part("gpu_target")])
 
 
 def limit_cannot_hold(c: Ctx):
@@ -104,7 +106,7 @@ def limit_cannot_hold(c: Ctx):
         return None
     if f.gpu_target is None:
         return Skip("NVML per-process memory not read")
-    if f.gpu_target < NOISE_BYTES or f.current is None:
+    if f.gpu_target < noise(c) or f.current is None:
         return None
     foot = f.current + f.gpu_target
     over = foot > f.limit
@@ -115,4 +117,5 @@ def limit_cannot_hold(c: Ctx):
     return Finding("limit_cannot_hold", f"memory limit {short(f.limit)} does not cover {short(f.gpu_target)} of GPU "
                    f"allocations" + (" (footprint over the limit)" if over else ""), f.gpu_target,
                    "critical" if over else "warning", "high", ev,
-                   ["Documentation/admin-guide/cgroup-v2.rst memory.max", "NVML nvmlDeviceGetComputeRunningProcesses"])
+                   ["Documentation/admin-guide/cgroup-v2.rst memory.max", "NVML nvmlDeviceGetComputeRunningProcesses"],
+                   rows=[Part("gpu_target", f.gpu_target)])

@@ -13,6 +13,7 @@ from .cuda import cuda_used_total
 from .derive import Derived
 from .facts import Facts, add, floor0, sub, under
 from .inputs import CUDA_MANAGED, CUDA_PINNED, LedgerInputs
+from .available import MemAvailableParts
 from .model import Column, CudaFree, Row
 
 CG2 = "Documentation/admin-guide/cgroup-v2.rst (memory.stat)"
@@ -36,6 +37,9 @@ ROWS = [
      "NVML nvmlDeviceGetComputeRunningProcesses usedGpuMemory"),
     ("gpu_other", "GPU, others", "GPU memory of other processes and the driver (NVML device used - the "
      "target's processes and its managed memory on the GPU)", "NVML nvmlDeviceGetMemoryInfo_v2"),
+    ("reserve", "kernel reserve", "free pages MemAvailable leaves out: zone high watermarks and lowmem reserves "
+     "(vm.min_free_kbytes raises them)", "mm/page_alloc.c calculate_totalreserve_pages; mm/show_mem.c "
+     "si_mem_available"),
     ("host_other", "rest of host", "memory of other cgroups, the host kernel and reserves",
      "/proc/meminfo (Documentation/filesystems/proc.rst)"),
 ]
@@ -122,7 +126,8 @@ def _host_parts(f: Facts, d: Derived, counts_page_cache: bool) -> list[tuple[str
     return parts
 
 
-def build_table(f: Facts, d: Derived, inputs: LedgerInputs, cuda: list[CudaFree]) -> tuple[list[Column], list[Row]]:
+def build_table(f: Facts, d: Derived, inputs: LedgerInputs, cuda: list[CudaFree],
+                avail: Optional[MemAvailableParts] = None) -> tuple[list[Column], list[Row]]:
     rows = {k: Row(k, label, title, source=src) for k, label, title, src in ROWS}
     rows["gpu_target"].title = GPU_TARGET_TITLES.get(f.platform, rows["gpu_target"].title)
     rows["elsewhere"].estimate = True
@@ -179,7 +184,8 @@ def build_table(f: Facts, d: Derived, inputs: LedgerInputs, cuda: list[CudaFree]
     c = col("host_used", "Total-Avail", "host used: MemTotal - MemAvailable (free, nvtop's GPU 'used' on UMA)",
             "Documentation/filesystems/proc.rst MemAvailable; mm/show_mem.c si_mem_available",
             sub(mt, f.m("MemAvailable")))
-    _fill(c, rows, _host_parts(f, d, counts_page_cache=False), "host_other")
+    reserve = [("reserve", avail.reserve_bytes)] if avail is not None else []
+    _fill(c, rows, _host_parts(f, d, counts_page_cache=False) + reserve, "host_other")
     c = col("host_nofree", "Total-Free", "host not free: MemTotal - MemFree (what CUDA free sees on UMA)",
             "Documentation/filesystems/proc.rst MemFree", sub(mt, f.m("MemFree")))
     _fill(c, rows, _host_parts(f, d, counts_page_cache=True), "host_other")
@@ -198,7 +204,8 @@ def build_table(f: Facts, d: Derived, inputs: LedgerInputs, cuda: list[CudaFree]
     else:
         _fill(c, rows, [("gpu_target", None if gpu_mine is None or c.total is None
                          else min(gpu_mine, c.total))], "gpu_other")
-    out = [rows[k] for k, *_ in ROWS]
+    # the reserve is the host's, read about once a second: a row only when it was read
+    out = [rows[k] for k, *_ in ROWS if k != "reserve" or avail is not None]
     if cg:
         out = _with_subrows(out, f, d, inputs)
     return cols, out

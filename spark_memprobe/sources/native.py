@@ -11,10 +11,10 @@ from typing import Optional
 
 from .._native import ffi, lib  # ImportError when not built: callers fall back
 from ..samples import GpuProcess, GpuSample, ProcessSample, Sample, Vmstat
+from .base_sampler import BaseSampler
 from .cgroupfs import cgroup_sample_from_raw
 from .parse import KvParse
 from .procfs import MALFORMED_KV, STATUS_FIELDS, meminfo_from_kv, note_kv_problems, status_fields
-from .sampler import BaseSampler
 
 MISSING = lib.MP_MISSING
 UNLIMITED = lib.MP_UNLIMITED

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..samples import Pressure, Zone
+from ..samples import KernelMemory, Pressure, Zone
 from .parse import MalformedFile, parse_pressure
+from .parse import parse_single
 from .procfs import read_file
 
 # zoneinfo's per-zone lines we keep (mm/vmstat.c zoneinfo_show_print); "high" there is
@@ -111,3 +112,26 @@ def read_pressure_memory(proc: str = "/proc") -> Optional[Pressure]:
     except OSError:
         return None
     return Pressure(**values) if values else None
+
+
+def read_vm_sysctl(name: str, proc: str = "/proc") -> Optional[int]:
+    """/proc/sys/vm/<name> as an integer; None when unreadable or not one number."""
+    try:
+        v = parse_single(read_file(f"{proc}/sys/vm/{name}"))
+    except OSError:
+        return None
+    return v if isinstance(v, int) else None
+
+
+def read_kernel_memory(proc: str = "/proc", notes: Optional[list[str]] = None) -> Optional[KernelMemory]:
+    """Zones (zoneinfo + buddyinfo), the watermark sysctls and the host's PSI; None when
+    /proc/zoneinfo cannot be read (the reason goes into notes)."""
+    try:
+        zones = read_zoneinfo(proc, notes=notes)
+    except (OSError, MalformedFile) as e:
+        if notes is not None:
+            notes.append(f"{proc}/zoneinfo: {getattr(e, 'reason', None) or e.strerror}")
+        return None
+    return KernelMemory(zones=zones, min_free_kbytes=read_vm_sysctl("min_free_kbytes", proc),
+                        watermark_scale_factor=read_vm_sysctl("watermark_scale_factor", proc),
+                        pressure=read_pressure_memory(proc))

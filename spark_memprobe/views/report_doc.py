@@ -13,10 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..analysis.report import FindingSeen, ReportData
+from ..analysis.timeline import LABELS, Moment, Reason
 from ..ledger.findings import RULES
 from ..ledger.model import Ledger, Row
-from .fmt import MISSING, fmt_bytes
-from .report_data import FindingSeen, Moment, ReportData
+from .fmt import MISSING, fmt_bytes, sparkline
 from .svg import Chart, Line, Mark
 
 
@@ -93,25 +94,24 @@ def bx(n: Optional[int]) -> str:
 
 def ex(n: Optional[int]) -> str:
     """Bytes, exact as well: '1.01 GiB (1082130432 B)'."""
-    if n is None:
-        return MISSING
-    return f"{fmt_bytes(n)} ({n} B)" if abs(n) >= 1024 else f"{n} B"
+    return fmt_bytes(n, exact=True)
 
 
 def signed(n: Optional[int]) -> str:
-    if n is None:
-        return MISSING
-    return ("+" if n > 0 else "") + fmt_bytes(n)
+    """A difference: '+1.01 GiB'."""
+    return fmt_bytes(n, sign=True)
 
 
 def nsamples(n: int) -> str:
     return f"{n} sample" + ("" if n == 1 else "s")
 
 
+def secs(t: float) -> str:
+    return f"{t:.1f} s" if t < 100 else f"{t:.0f} s"
+
+
 def ts(t: Optional[float]) -> str:
-    if t is None:
-        return MISSING
-    return f"t={t:.1f} s" if t < 100 else f"t={t:.0f} s"
+    return MISSING if t is None else "t=" + secs(t)
 
 
 def pct(part: Optional[int], whole: Optional[int]) -> str:
@@ -142,13 +142,6 @@ TARGET_VIEWS = [("current", "memory.current"), ("working_set", "working set (doc
 HOST_VIEWS = [("host_used", "MemTotal - MemAvailable"), ("host_nofree", "MemTotal - MemFree"),
               ("nvml_used", "NVML used"), ("nvml_procs", "NVML target procs"), ("cuda_used", "CUDA used (model)")]
 SEV_ORDER = {"critical": 0, "warning": 1, "info": 2}
-
-
-def view_total(lg: Ledger, key: str) -> Optional[int]:
-    try:
-        return lg.column(key).total
-    except StopIteration:
-        return None
 
 
 def cell(lg: Ledger, row: str, col: str):
@@ -190,6 +183,13 @@ def _peak_rows(lg: Ledger, col: str = "current", floor: int = 1 << 20) -> list[t
 
 
 def attribution(d: ReportData) -> tuple[str, str]:
+    """How well files and owners are named: the first-touch finding's own confidence when there
+    is one (so the paragraph and the finding never disagree), else what was recorded."""
+    ft = next((fs.finding for fs in d.findings if fs.finding.rule == "first_touch"), None)
+    if ft is not None and ft.confidence != "high":
+        return ft.confidence, ("the first-touch owners come from other cgroups' counters: eBPF page-cache "
+                               "ownership named no cgroup charged for the files the target maps"
+                               if ft.confidence == "medium" else "files and owners were not named")
     if d.probes is not None and any(m.inputs.page_cache is not None for m in d.moments):
         return "high", "eBPF page-cache ownership names each file and the cgroup charged for it"
     if d.files_source or any(m.inputs.others is not None for m in d.moments):
@@ -202,7 +202,7 @@ def verdict_blocks(d: ReportData) -> list:
     pk = d.peak
     lg = pk.ledger
     out: list = [Heading(2, "Verdict", "verdict")]
-    cur = view_total(lg, "current")
+    cur = lg.total("current")
     # what was seen
     seen: list = [Bold(d.target), f" on {d.host.hostname or 'an unnamed host'} (platform: {d.platform}): "
                   f"{nsamples(d.n)} over {d.duration_s:.1f} s. "]
@@ -210,16 +210,16 @@ def verdict_blocks(d: ReportData) -> list:
         nproc = len(pk.sample.processes)
         seen += [f"At the peak ({ts(pk.t_s)}, {pk.label}) the cgroup was charged ", Bold(ex(cur)),
                  " (memory.current); at the same moment docker stats / kubelet would show "
-                 f"{bx(view_total(lg, 'working_set'))} (working set), ps / top {bx(view_total(lg, 'rss'))} "
+                 f"{bx(lg.total('working_set'))} (working set), ps / top {bx(lg.total('rss'))} "
                  f"(RSS sum of {nproc} process{'es' if nproc != 1 else ''}), free "
-                 f"{bx(view_total(lg, 'host_used'))} used on the host"]
+                 f"{bx(lg.total('host_used'))} used on the host"]
     else:
         seen += [f"No target cgroup was read; at the host's peak ({ts(pk.t_s)}) free showed ",
-                 Bold(ex(view_total(lg, "host_used"))), " used"]
-    nv = view_total(lg, "nvml_used")
+                 Bold(ex(lg.total("host_used"))), " used"]
+    nv = lg.total("nvml_used")
     if "nvml_used" in d.series:
         seen.append(f", nvidia-smi {bx(nv)} used on the GPU"
-                    + (f" ({bx(view_total(lg, 'nvml_procs'))} by the target's processes)" if nv is not None else
+                    + (f" ({bx(lg.total('nvml_procs'))} by the target's processes)" if nv is not None else
                        " (NVML device memory not available on this platform)"))
     seen.append(".")
     out.append(Para(seen, "verdict"))
@@ -241,7 +241,7 @@ def verdict_blocks(d: ReportData) -> list:
         expl: list = ["What memory.current holds at the peak: " + ("; ".join(parts) if parts else
                                                                     "nothing above 1 MiB") + "."]
         gp = d.moment("gpu_peak") or pk
-        g = view_total(gp.ledger, "nvml_procs")
+        g = gp.ledger.total("nvml_procs")
         if g:
             uma = d.platform == "integrated"
             expl.append(f" Beyond the cgroup: {ex(g)} of GPU memory of the target's processes (NVML per-process, "
@@ -251,8 +251,8 @@ def verdict_blocks(d: ReportData) -> list:
         rise = d.moment("rise")
         if rise is not None and rise.before is not None:
             bi, bt, blg = rise.before
-            top = view_total(rise.ledger, "current")
-            low = view_total(blg, "current")
+            top = rise.ledger.total("current")
+            low = blg.total("current")
             moved = []
             for r in rise.ledger.rows:
                 if r.parent is not None or "current" not in r.cells:
@@ -309,9 +309,11 @@ def first_touch_sentence(ft: FindingSeen, d: ReportData) -> str:
     mapped = (ft.inputs.mapped_files if ft.inputs is not None else None) or []
     biggest = sorted(mapped, key=lambda x: -x.size_bytes)[:1]
     s = f"First-touch ownership: {f.title} (at {ts(ft.t_s)}, confidence {f.confidence})."
-    owners = re.findall(r"cgroup (\S+) has no process but .*? it holds (.*?) of file pages", " ".join(f.evidence))
-    for owner, held in owners:
-        s += f" {owner} holds {held} of page cache and runs no process of its own."
+    others = {o.path: o for o in (ft.inputs.others if ft.inputs is not None else None) or []}
+    for owner in f.owners:
+        o = others.get(owner.name)
+        if o is not None and o.procs == []:
+            s += f" {owner.name} holds {ex((o.stat or {}).get('file'))} of page cache and runs no process of its own."
     if biggest:
         s += f" The largest file the target maps is {biggest[0].path}, a mapping of {ex(biggest[0].size_bytes)}."
     return s
@@ -396,6 +398,27 @@ def findings_blocks(d: ReportData) -> list:
     return out
 
 
+def _why(r: Reason, times: list[float]) -> str:
+    if r.key == "model_load":
+        return (f"end of the first large rise of {r.series} ({signed(r.rise)} from {ts(times[r.before])} to "
+                f"{secs(times[r.top])})")
+    if r.key == "kv_sizing":
+        return (f"last sample before the last large rise of {r.series} ({signed(r.rise)} at "
+                f"{ts(times[r.before + 1])}): where an engine that sizes its KV cache from cudaMemGetInfo read "
+                f"CUDA free")
+    if r.key == "rise":
+        return (f"top of the largest rise of {r.series} ({signed(r.rise)} from {ts(times[r.before])} to "
+                f"{secs(times[r.top])}): a file read, a model load, an allocation")
+    if r.key in ("peak", "gpu_peak"):
+        return f"highest {r.series} of the run"
+    return {"start": "first sample", "end": "last sample"}[r.key]
+
+
+def moment_why(m: Moment, times: list[float]) -> str:
+    """How a moment was found, in words."""
+    return "; ".join(f"{LABELS[r.key]}: {_why(r, times)}" for r in m.why)
+
+
 def _moment_head(m: Moment) -> str:
     return f"{m.label} ({ts(m.t_s)})"
 
@@ -403,14 +426,14 @@ def _moment_head(m: Moment) -> str:
 def moments_blocks(d: ReportData) -> list:
     out: list = [Heading(2, "The ledger at the moments that matter", "moments")]
     out.append(Table(["moment", "time", "sample", "how it was found"],
-                     [[Bold(m.label), ts(m.t_s), str(m.index), m.why] for m in d.moments], "llrl"))
+                     [[Bold(m.label), ts(m.t_s), str(m.index), moment_why(m, d.times)] for m in d.moments], "llrl"))
     if not d.moment("kv_sizing"):
         out.append(Para(["KV-cache sizing was not detected: it is taken as the sample before the last large rise "
                          "of the target's GPU memory (NVML per-process), and needs two such rises."], "muted"))
     heads = ["view"] + [_moment_head(m) for m in d.moments]
     rows = []
     for key, label in TARGET_VIEWS + HOST_VIEWS:
-        rows.append([label] + [bx(view_total(m.ledger, key)) for m in d.moments])
+        rows.append([label] + [bx(m.ledger.total(key)) for m in d.moments])
     rows.append(["CUDA free (model)"] + [bx(m.ledger.cuda[0].free_bytes) if m.ledger.cuda else MISSING
                                          for m in d.moments])
     rows.append([f"KV cache from CUDA free (x{d.kv_fraction})"] +
@@ -452,7 +475,7 @@ def moments_blocks(d: ReportData) -> list:
             continue
         rows.append([("  " if r.parent else "") + r.label + (" (est.)" if r.estimate and "(est.)" not in r.label
                                                                else "")] + vals)
-    gpu = ["GPU, target (NVML per-process)"] + [bx(view_total(m.ledger, "nvml_procs")) for m in d.moments]
+    gpu = ["GPU, target (NVML per-process)"] + [bx(m.ledger.total("nvml_procs")) for m in d.moments]
     rows.append(gpu)
     out.append(Heading(3, "memory.current by kind of memory", "current-by-kind"))
     out.append(Table(["kind of memory"] + [_moment_head(m) for m in d.moments], rows, "l" + "r" * len(d.moments)))
@@ -479,7 +502,7 @@ def ledger_tables(lg: Ledger) -> list:
         for r in rows:
             label = ("  " if r.parent else "") + r.label
             body.append([label] + [bx(r.cells[k]) if k in r.cells else "" for k in keys])
-        body.append([Bold("view shows")] + [Bold(bx(view_total(lg, k))) for k in keys])
+        body.append([Bold("view shows")] + [Bold(bx(lg.total(k))) for k in keys])
         out.append(Table(["kind of memory"] + [lbl for _, lbl in cols], body, "l" + "r" * len(keys),
                          caption=f"{title}: bytes each view counts, by kind of memory (blank: the view never counts "
                                  f"that kind; {MISSING}: not read; est.: modelled)"))
@@ -520,7 +543,6 @@ def _series_lines(d: ReportData, keys: list[tuple[str, bool]]) -> list[Line]:
 
 
 def _summary(d: ReportData, lines: list[Line]) -> Table:
-    from .svg import sparkline
     rows = []
     for ln in lines:
         vals = [v for v in ln.ys if v is not None]
@@ -607,11 +629,11 @@ def cuda_blocks(d: ReportData) -> list:
             cb = m.inputs.cuda_bytes
             dev.append(bx(sum(v for k, v in cb.items() if k in ("device", "vmm", "pool"))) if cb is not None else MISSING)
         rows.append([Bold("device + vmm + pool")] + dev)
-        rows.append(["NVML per-process (target)"] + [bx(view_total(m.ledger, "nvml_procs")) for m in d.moments])
-        rows.append(["NVML device used"] + [bx(view_total(m.ledger, "nvml_used")) for m in d.moments])
+        rows.append(["NVML per-process (target)"] + [bx(m.ledger.total("nvml_procs")) for m in d.moments])
+        rows.append(["NVML device used"] + [bx(m.ledger.total("nvml_used")) for m in d.moments])
         gap = []
         for m in d.moments:
-            cb, nv = m.inputs.cuda_bytes, view_total(m.ledger, "nvml_procs")
+            cb, nv = m.inputs.cuda_bytes, m.ledger.total("nvml_procs")
             if cb is None or nv is None:
                 gap.append(MISSING)
                 continue

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 from xml.sax.saxutils import escape
 
+from .fmt import byte_unit
+
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22"]
-UNITS = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B")]
 
 
 @dataclass
@@ -57,13 +58,6 @@ def _nice_step(span: float, target: int) -> float:
         if raw <= m * mag:
             return m * mag
     return 10 * mag
-
-
-def _byte_unit(vmax: float) -> tuple[int, str]:
-    for div, name in UNITS:
-        if vmax >= div:
-            return div, name
-    return 1, "B"
 
 
 def _fmt_tick(v: float) -> str:
@@ -130,7 +124,7 @@ def render(chart: Chart) -> str:
         x1 = x0 + 1.0
     ymax = max(ys_all)
     ymin = min(0, min(ys_all))
-    div, unit = _byte_unit(max(abs(ymax), abs(ymin), 1))
+    div, unit = byte_unit(max(abs(ymax), abs(ymin), 1))
     ystep = _nice_step((ymax - ymin) / div, 5) * div
     ytop = math.ceil(ymax / ystep) * ystep if ymax > 0 else ystep
     ybot = math.floor(ymin / ystep) * ystep if ymin < 0 else 0
@@ -208,28 +202,3 @@ def _legend_rows(chart: Chart) -> int:
             rows, lx = rows + 1, 74
         lx += w + 10
     return rows
-
-
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(ys: list, width: int = 40) -> str:
-    """Unicode sparkline of a series (max per bucket); a space where nothing was read."""
-    n = len(ys)
-    if n == 0:
-        return ""
-    vals = [y for y in ys if y is not None]
-    if not vals:
-        return ""
-    lo, hi = min(vals), max(vals)
-    width = min(width, n)
-    out = []
-    for b in range(width):
-        chunk = [y for y in ys[b * n // width:(b + 1) * n // width] if y is not None]
-        if not chunk:
-            out.append(" ")
-            continue
-        v = max(chunk)
-        k = 0 if hi == lo else int((v - lo) / (hi - lo) * (len(SPARK) - 1) + 0.5)
-        out.append(SPARK[k])
-    return "".join(out)

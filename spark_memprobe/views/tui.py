@@ -18,19 +18,13 @@ from rich.text import Text
 from ..events import ProbeReport
 from ..ledger.model import Ledger
 from ..samples import HostInfo, Sample
-from .fmt import MISSING, fmt_bytes
+from .fmt import MISSING, fmt_bytes, sparkline
 
-SPARK = "▁▂▃▄▅▆▇█"
 # (column key, header) in the order they are dropped when the screen is narrow (last first)
 COLUMNS = [("current", "memory.current"), ("working_set", "docker/k8s"), ("rss", "RSS sum"),
            ("host_used", "Total-Avail"), ("nvml_procs", "NVML procs"), ("cuda_used", "CUDA used"),
            ("stat_kernel", "stat kernel"), ("stat_file_mapped", "stat mapped"), ("host_nofree", "Total-Free"),
            ("nvml_used", "NVML used")]
-# rows a raised finding points at (its double count or blind spot)
-FINDING_ROWS = {"managed_double_view": ("driver_kernel",), "driver_kernel_memory": ("driver_kernel",),
-                "pinned_shmem": ("shmem",), "kv_cache_thief": ("page_cache",), "first_touch": ("page_cache", "elsewhere"),
-                "gpu_uncharged": ("gpu_target",), "limit_cannot_hold": ("gpu_target",),
-                "uma_tool_sum": ("gpu_target",), "charges_without_processes": ("page_cache", "kernel")}
 TRENDS = [("memory.current", "current"), ("working set", "working_set"), ("MemAvailable", "MemAvailable"),
           ("MemFree", "MemFree"), ("CUDA free", "cuda_free"), ("NVML used", "nvml_used")]
 HELP = ("keys: q quit   p pause/resume   ? help" +
@@ -67,17 +61,6 @@ def trend_point(sample: Sample, ledger: Optional[Ledger]) -> dict:
             "nvml_used": cols.get("nvml_used")}
 
 
-def sparkline(values: list[Optional[int]], width: int) -> str:
-    vals = values[-width:]
-    known = [v for v in vals if v is not None]
-    if not known:
-        return " " * len(vals)
-    lo, hi = min(known), max(known)
-    span = hi - lo
-    return "".join(" " if v is None else SPARK[0 if span == 0 else min(7, int((v - lo) * 8 / (span + 1)))]
-                   for v in vals)
-
-
 def _header(st: TuiState, width: int) -> Text:
     p = st.host.platform.kind if st.host.platform else MISSING
     mode = (f"REPLAY {st.position[0] + 1}/{st.position[1]}" if st.mode == "replay" and st.position else "LIVE")
@@ -110,7 +93,7 @@ def _ledger_table(st: TuiState, width: int, max_rows: int) -> Text:
     ncols = max(2, min(len(COLUMNS), (width - label_w) // col_w))
     have = {c.key for c in L.columns}
     cols = [c for c in COLUMNS if c[0] in have][:ncols]
-    hot = {row: f.severity for f in L.findings for row in FINDING_ROWS.get(f.rule, ())}
+    hot = {row.name: f.severity for f in L.findings for row in f.rows}     # the rows a finding points at
     t = Text("where the bytes are counted (rows: kinds of memory, columns: views)\n", style="bold")
     t.append(f"{'kind':<{label_w}}" + "".join(f"{h:>{col_w}}" for _, h in cols) + "\n", style="bold")
     t.append("─" * (label_w + col_w * len(cols)) + "\n")
@@ -163,7 +146,7 @@ def _trends(st: TuiState, width: int, n: int) -> Text:
     for name, key in TRENDS[:n]:
         vals = [h.get(key) for h in hist]
         last = vals[-1] if vals else None
-        t.append(f"\n{name:<15}{sparkline(vals, w)} {fmt_bytes(last):>9}")
+        t.append(f"\n{name:<15}{sparkline(vals[-w:], w)} {fmt_bytes(last):>9}")
     return t
 
 

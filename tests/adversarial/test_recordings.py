@@ -92,8 +92,7 @@ def read_everything(path: str) -> list[int]:
     try:
         with Recording(path) as r:
             list(r.samples())
-            r.events()
-            r.targets()
+            [e.value for e in r.events()]          # values are decoded on access
             r.timeline(list(SCALARS))
             r.host
     except RecordingError as e:
@@ -282,7 +281,7 @@ def test_fuzz_mutated_recordings_one_line_exit_6(base, data):
     JSON, NULL/text/blob cells where numbers belong (mono_ns, scalar columns, keyframe), sample
     blobs that are junk, compressed junk, not a list, or hold NULL / strings / huge numbers / NaN
     inside, event JSON that is junk or has the wrong shape, field paths and meta rows replaced.
-    Defence: typed checks in spark_memprobe/recording.py (and report_data's event reads): every
+    Defence: typed checks in spark_memprobe/recording.py (Events decode values on access): every
     reader works or exits 6 with one line; nothing is left beside the file."""
     with copy_of(base) as path:
         db = sqlite3.connect(path)

@@ -414,7 +414,8 @@ def test_attach_follow_goes_on_while_the_engine_trickles(slow_engine):
     follow ends after its exit grace instead of freezing."""
     from spark_memprobe.sources.cgroupfs import CgroupFS
     from spark_memprobe.sources.engines import DockerAPIEngine
-    from spark_memprobe.sources.targets import Follower, Resolver, Target
+    from spark_memprobe.feed.follow import Follower
+    from spark_memprobe.sources.targets import Resolver, Target
     eng = DockerAPIEngine(slow_engine("trickle").url, deadline_s=1.0)
     cgfs = CgroupFS()
     if cgfs.layout.memory_version is None:

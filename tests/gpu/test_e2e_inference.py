@@ -9,7 +9,8 @@ import tempfile
 
 import pytest
 
-from spark_memprobe.feed import ReplayFeed, ledger_of
+from spark_memprobe.feed import ledger_of
+from spark_memprobe.feed.replay import ReplayFeed
 from spark_memprobe.recording import Recording
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,264 +1,30 @@
-"""Targets: turn what a user types (container name or ID prefix, pod UID, systemd unit,
-cgroup path, PID) into one memory cgroup plus its processes, and follow it over time.
-
-Order of evidence (first that answers wins; docs/attach.md):
-  1. explicit forms and syntax: `/path` or `cgroup:PATH`, a PID (digits, at most 7, the
-     process exists) or `pid:N`, a systemd unit (`foo.service`, `docker-<id>.scope`, ...)
-     or `unit:NAME`, a pod UID or `pod:UID`;
-  2. container engines (sources/engines.py): Docker, Podman, containerd, by exact ID, exact
-     name, then unique ID prefix; Kubernetes pods by `namespace/name` through CRI labels;
-  3. fallback: every /proc/<pid>/cgroup is scanned and the cgroup path components that
-     the engines and the kubelet are known to write (docker-<id>.scope, /docker/<id>,
-     cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>, kubepods pod<uid> ...)
-     are matched against the ID prefix.
-The cgroup always comes from the kernel (a process's /proc/<pid>/cgroup, read from the
-host side) or from the cgroup filesystem; nothing inside a container's root filesystem
-is opened, so no symlink there can redirect us.
-"""
+"""The resolver: what a user types (container name or ID prefix, pod UID or namespace/name,
+systemd unit, cgroup path, PID) becomes one Target (a memory cgroup and its processes); and
+where a followed target is now (recheck)."""
 from __future__ import annotations
 
 import errno
 import os
 import re
-import stat
 import subprocess
-import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
-from .cgroupfs import CgroupFS, list_procs, norm_path, parse_proc_cgroup
-from .child_process import isolated, which
-from .engines import (Attempt, ContainerInfo, Engine, EngineUnavailable, connect_engines,
-                      wanted_engines)
-from .parse import parse_single
-from .procfs import parse_status_identity, read_file
+from ..cgroupfs import CgroupFS, list_procs, norm_path, parse_proc_cgroup
+from ..child_process import isolated, which
+from ..engines import Attempt, ContainerInfo, Engine, EngineUnavailable, connect_engines, wanted_engines
+from ..procfs import parse_status_identity, read_file
+from .paths import (UUID, ProcScan, ScannedEntity, TargetError, check_cgroup_path, classify_path,
+                    container_cgroup, is_real_dir, memory_path_of_pid, scan_proc, walk_cgroups)
 
 PROCS_REPORTED_MAX = 256     # processes listed in a Target (all are sampled by the sampler up to its own cap)
-WALK_MAX_DIRS = 50000        # cgroup directories visited when searching the tree by name
-WALK_MAX_DEPTH = 10
 PID_MAX_DIGITS = 7           # PID_MAX_LIMIT is 4194304 (include/linux/threads.h)
-
-HEX64 = r"[0-9a-f]{64}"
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-UUID_US = r"[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12}"
-
-# Container cgroup names. runc's systemd driver turns "<slice>:<prefix>:<id>" into the unit
-# "<prefix>-<id>.scope" (runc libcontainer/cgroups/systemd, getUnitName); the prefixes are the
-# engines' own: moby daemon/oci_linux.go "docker", containerd pkg/cri "cri-containerd",
-# cri-o internal/config/cgmgr "crio", podman libpod "libpod". cgroupfs drivers use the bare
-# ID (moby: /docker/<id>; kubelet cgroupfs: /kubepods/<qos>/pod<uid>/<id>) or, for podman,
-# /libpod_parent/libpod-<id>.
-CONTAINER_RULES: list[tuple[re.Pattern, Optional[str]]] = [
-    (re.compile(rf"^docker-({HEX64})\.scope$"), "docker"),
-    (re.compile(rf"^cri-containerd-({HEX64})\.scope$"), "containerd"),
-    (re.compile(rf"^crio-({HEX64})\.scope$"), "cri-o"),
-    (re.compile(rf"^libpod-({HEX64})(?:\.scope)?$"), "podman"),
-    (re.compile(rf"^({HEX64})$"), None),
-]
-# The engines' monitor processes (conmon) get their own cgroups named after the container;
-# they are not the container (podman libpod "libpod-conmon-", cri-o "crio-conmon-").
-MONITOR_RULE = re.compile(rf"^(?:libpod-conmon|crio-conmon)-{HEX64}(?:\.scope)?$")
-# Pod cgroups: kubelet names them "pod" + UID (pkg/kubelet/cm/pod_container_manager_linux.go);
-# with the systemd driver each path level becomes a nested slice and '-' inside a name is
-# escaped to '_' (pkg/kubelet/cm/cgroup_manager_linux.go, escapeSystemdCgroupName), so
-# /kubepods/burstable/pod<uid> is kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice.
-POD_RULES = [
-    re.compile(rf"^pod({UUID})$"),
-    re.compile(rf"^kubepods(?:-(?:burstable|besteffort))?-pod({UUID_US})\.slice$"),
-]
-# Guaranteed pods sit directly under kubepods; the other QoS classes under their own level
-# (pkg/kubelet/cm/qos_container_manager_linux.go).
-QOS_NAMES = {"burstable": "burstable", "besteffort": "besteffort",
-             "kubepods-burstable.slice": "burstable", "kubepods-besteffort.slice": "besteffort"}
-KUBEPODS = {"kubepods", "kubepods.slice"}
 UNIT_SUFFIX = re.compile(r"\.(service|scope|slice|socket|mount|swap)$")
 PREFIXES = {"docker": "docker", "podman": "podman", "containerd": "containerd", "ctr": "containerd",
             "container": "container", "k8s": "pod", "pod": "pod", "unit": "unit", "cgroup": "cgroup",
             "pid": "pid"}
 
 
-class TargetError(Exception):
-    """A target that cannot be resolved. kind: not_found, ambiguous, not_running,
-    permission, missing (no memory cgroup hierarchy), usage. One line."""
-
-    def __init__(self, message: str, kind: str = "not_found"):
-        super().__init__(message)
-        self.kind = kind
-
-
-# --------------------------------------------------------------------------- paths
-def check_cgroup_path(path: str) -> str:
-    """A cgroup path as the user typed it, refused where normalising it would silently name
-    another cgroup (norm_path turns "", "/x/../../.." and "/../.." into the root)."""
-    if not path.strip():
-        raise TargetError("empty cgroup path (the root cgroup is /)", "usage")
-    if "\0" in path:
-        raise TargetError(f"cgroup path {path!r} contains a NUL byte", "usage")
-    if ".." in path.split("/"):
-        raise TargetError(f"cgroup path {path!r} has a '..' component: give the path without it", "usage")
-    return path
-
-
-@dataclass
-class PathInfo:
-    """What a cgroup path says about itself (no engine asked)."""
-    container_id: Optional[str] = None
-    container_path: Optional[str] = None
-    engine_hint: Optional[str] = None
-    pod_uid: Optional[str] = None
-    pod_path: Optional[str] = None
-    qos: Optional[str] = None
-    monitor: bool = False            # a conmon cgroup
-
-
-def _pod_uid(name: str) -> Optional[str]:
-    for rule in POD_RULES:
-        m = rule.match(name)
-        if m:
-            return m.group(1).replace("_", "-")
-    return None
-
-
-def classify_path(path: str) -> PathInfo:
-    """Find the pod and the (outermost) container a cgroup path belongs to, from the names
-    that systemd, the kubelet and the engines write (rules above)."""
-    info = PathInfo()
-    parts = [p for p in norm_path(path).split("/") if p]
-    in_kubepods = False
-    for i, name in enumerate(parts):
-        prefix = "/" + "/".join(parts[:i + 1])
-        if name in KUBEPODS:
-            in_kubepods = True
-            continue
-        if in_kubepods and info.pod_uid is None and name in QOS_NAMES:
-            info.qos = QOS_NAMES[name]
-            continue
-        if info.pod_uid is None and info.container_id is None:
-            uid = _pod_uid(name)
-            if uid:
-                info.pod_uid, info.pod_path = uid, prefix
-                if info.qos is None:
-                    info.qos = "guaranteed" if in_kubepods else None
-                continue
-        if MONITOR_RULE.match(name):
-            info.monitor = True
-            return info
-        if info.container_id is None:
-            for rule, engine in CONTAINER_RULES:
-                m = rule.match(name)
-                if m:
-                    info.container_id = m.group(1)
-                    info.container_path = prefix
-                    if engine is None:
-                        parent = parts[i - 1] if i else ""
-                        engine = ("docker" if parent == "docker" else "kubernetes" if info.pod_uid else None)
-                    info.engine_hint = engine
-                    break
-            if info.container_id:
-                break
-    return info
-
-
-def memory_path_of_pid(pid: int, cgfs: CgroupFS, proc: str = "/proc") -> tuple[Optional[int], Optional[str]]:
-    """(version, path) of the memory cgroup of one process. Raises OSError if it is gone.
-    cgroup names cannot contain a newline (kernel/cgroup/cgroup.c cgroup_mkdir), so a
-    container cannot forge extra lines in /proc/<pid>/cgroup."""
-    return cgfs.memory_cgroup_of(parse_proc_cgroup(read_file(f"{proc}/{pid}/cgroup")))
-
-
-def scan_path_of(pc: dict[str, str], cgfs: CgroupFS) -> tuple[Optional[int], Optional[str]]:
-    """The path to classify for one process: its memory cgroup, else (no memory controller
-    anywhere) its cgroup2 path, else the named systemd hierarchy (v1 without memory)."""
-    v, p = cgfs.memory_cgroup_of(pc)
-    if p is not None:
-        return v, p
-    if "" in pc:
-        return 2, pc[""]
-    return None, pc.get("name=systemd")
-
-
-@dataclass
-class ScannedEntity:
-    """A container or pod seen in the cgroup paths of running processes."""
-    kind: str                      # "container" or "pod"
-    id: str
-    path: str
-    version: Optional[int]
-    engine_hint: Optional[str] = None
-    pod_uid: Optional[str] = None
-    qos: Optional[str] = None
-    pids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class ProcScan:
-    processes: int = 0
-    unreadable: int = 0
-    entities: dict[tuple[str, str], ScannedEntity] = field(default_factory=dict)
-
-
-def scan_proc(proc: str, cgfs: CgroupFS) -> ProcScan:
-    """Read every /proc/<pid>/cgroup once and collect the containers and pods named in the paths."""
-    scan = ProcScan()
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return scan
-    by_path: dict[tuple[Optional[int], str], list[int]] = {}
-    for n in names:
-        if not n.isdigit():
-            continue
-        try:
-            pc = parse_proc_cgroup(read_file(f"{proc}/{n}/cgroup"))
-        except OSError:
-            scan.unreadable += 1      # gone since listdir, or not ours to read
-            continue
-        scan.processes += 1
-        v, p = scan_path_of(pc, cgfs)
-        if p is not None:
-            by_path.setdefault((v, norm_path(p)), []).append(int(n))
-    for (v, p), pids in sorted(by_path.items(), key=lambda kv: kv[0][1]):
-        info = classify_path(p)
-        if info.monitor:
-            continue
-        if info.pod_uid:
-            e = scan.entities.setdefault(("pod", info.pod_uid), ScannedEntity(
-                "pod", info.pod_uid, info.pod_path, v, "kubernetes", info.pod_uid, info.qos))
-            e.pids.extend(pids)
-        if info.container_id:
-            e = scan.entities.setdefault(("container", info.container_id), ScannedEntity(
-                "container", info.container_id, info.container_path, v, info.engine_hint, info.pod_uid, info.qos))
-            e.pids.extend(pids)
-    for e in scan.entities.values():
-        e.pids.sort()
-    return scan
-
-
-def walk_cgroups(base: str, max_depth: int = WALK_MAX_DEPTH, max_dirs: int = WALK_MAX_DIRS) -> Iterator[str]:
-    """Every cgroup directory below base (paths relative to base, "/"-rooted), breadth first,
-    without following symlinks; bounded so a huge tree cannot stall us."""
-    queue = deque([("/", 0)])
-    seen = 0
-    while queue:
-        rel, depth = queue.popleft()
-        d = base if rel == "/" else base + rel
-        try:
-            with os.scandir(d) as it:
-                children = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
-        except OSError:
-            continue
-        for c in children:
-            seen += 1
-            if seen > max_dirs:
-                return
-            p = (rel.rstrip("/") + "/" + c)
-            yield p
-            if depth + 1 < max_depth:
-                queue.append((p, depth + 1))
-
-
-# --------------------------------------------------------------------------- target
 @dataclass
 class TargetProcess:
     pid: int                          # host PID
@@ -302,19 +68,6 @@ def target_to_dict(t: Target) -> dict:
     return asdict(t)
 
 
-def is_real_dir(d: str, base: str) -> bool:
-    """d is a directory inside base (or base itself) reached from base without any symlink on
-    the way (cgroupfs has no symlinks; one found under a cgroup root was planted)."""
-    try:
-        if not stat.S_ISDIR(os.lstat(d).st_mode):
-            return False
-    except OSError:
-        return False
-    root, real = os.path.realpath(base), os.path.realpath(d)
-    inside = real == root or real.startswith(root.rstrip("/") + "/")
-    return inside and real == os.path.normpath(os.path.join(root, os.path.relpath(d, base)))
-
-
 def read_processes(pids: list[int], proc: str) -> list[TargetProcess]:
     out = []
     for pid in pids:
@@ -326,16 +79,8 @@ def read_processes(pids: list[int], proc: str) -> list[TargetProcess]:
     return out
 
 
-def read_current_bytes(directory: str, version: Optional[int]) -> Optional[int]:
-    name = "memory.current" if version == 2 else "memory.usage_in_bytes"
-    try:
-        v = parse_single(read_file(f"{directory}/{name}"))
-    except OSError:
-        return None
-    return v if isinstance(v, int) else None
 
-
-def _pid_starttime(pid: int, proc: str) -> Optional[int]:
+def pid_starttime(pid: int, proc: str) -> Optional[int]:
     """Field 22 of /proc/<pid>/stat: tells a PID from its reuse (proc(5)). comm may contain
     spaces and parentheses, so split after the last ')'."""
     try:
@@ -348,7 +93,7 @@ def _pid_starttime(pid: int, proc: str) -> Optional[int]:
         return None
 
 
-# --------------------------------------------------------------------------- resolver
+
 class Resolver:
     """Resolves TARGET strings. Engines are connected lazily, once; `proc` and `cgroup_root`
     are parameters so captured trees can be used (engines and systemd are then not asked:
@@ -520,7 +265,7 @@ class Resolver:
         version, path = self.cgfs.memory_cgroup_of(pc)
         t = Target(query=query, kind="pid", cgroup_path=None, cgroup_version=None, cgroup_dir=None, pids=[pid],
                    evidence=[f"process {pid} ({self.proc}/{pid}/cgroup)"])
-        st = _pid_starttime(pid, self.proc)
+        st = pid_starttime(pid, self.proc)
         if st is not None:
             t.labels["starttime"] = st
         if path is None:
@@ -737,7 +482,7 @@ class Resolver:
         or "ended" (it will not come back on its own: exited, removed)."""
         if t.kind == "pid":
             pid = t.pids[0]
-            st = _pid_starttime(pid, self.proc)
+            st = pid_starttime(pid, self.proc)
             if st is None or st != t.labels.get("starttime", st):
                 return "ended", None, f"process {pid} exited", {}
             return "running", t, "", {}
@@ -789,18 +534,6 @@ def _dedupe(cs: list[ContainerInfo]) -> list[ContainerInfo]:
     return out
 
 
-def container_cgroup(path: str, cid: str) -> str:
-    """The container's own cgroup from its init process's cgroup path: cut after the first
-    component that carries the container ID (the init process may sit in a child, e.g. a
-    systemd inside the container puts itself in /docker/<id>/init.scope)."""
-    parts = [p for p in path.split("/") if p]
-    own = re.compile(rf"(?:[a-z][a-z-]*-)?{re.escape(cid)}(?:\.scope)?")    # <id>, <prefix>-<id>[.scope]
-    for i, name in enumerate(parts):
-        if own.fullmatch(name) and not MONITOR_RULE.match(name):
-            return "/" + "/".join(parts[:i + 1])
-    return path
-
-
 def describe_exit(c: ContainerInfo) -> str:
     if c.state == "running":
         return "is running"
@@ -813,227 +546,3 @@ def describe_exit(c: ContainerInfo) -> str:
         bits.append(f"at {c.finished_at}")
     return ", ".join(bits)
 
-
-# --------------------------------------------------------------------------- listing
-@dataclass
-class ListedTarget:
-    kind: str                       # container, pod, unit
-    engine: Optional[str]
-    name: Optional[str]
-    id: Optional[str]
-    state: Optional[str]
-    cgroup_path: Optional[str]
-    cgroup_version: Optional[int]
-    memory_current_bytes: Optional[int] = None
-    processes: Optional[int] = None
-    namespace: Optional[str] = None
-    note: Optional[str] = None
-    source: str = "engine"          # "engine" (an engine listed it) or "cgroup-path" (only seen in /proc scan)
-
-
-def list_targets(r: Resolver, all: bool = False, units: bool = True) -> list[ListedTarget]:
-    """Attachable targets: containers of every engine that answers, containers and pods seen
-    only in cgroup paths, systemd units with memory accounting. Cheap: one engine listing
-    each, one /proc scan, one bounded walk of the memory hierarchy."""
-    out: list[ListedTarget] = []
-    scan = r.scan()
-    by_id = {e.id: e for (k, _), e in scan.entities.items() if k == "container"}
-    claimed = set()
-    for c in r.containers():
-        if not all and c.state not in ("running", "paused", "restarting"):
-            continue
-        claimed.add(c.id)
-        e = by_id.get(c.id)
-        path = version = None
-        if e is not None:
-            path, version = e.path, e.version
-        elif c.running or c.pid:
-            eng = r.engine_for(c)
-            try:
-                cc = eng.inspect(c) if (eng and not c.pid) else c
-                if cc.pid:
-                    version, p = memory_path_of_pid(cc.pid, r.cgfs, r.proc)
-                    path = container_cgroup(norm_path(p), c.id) if p else None
-            except (KeyError, EngineUnavailable, OSError):
-                pass
-        out.append(_listed("container", c.engine, c.name, c.id, c.state, path, version, r, c.namespace))
-    for (k, _), e in sorted(scan.entities.items()):
-        if k == "container" and e.id not in claimed:
-            lt = _listed("container", e.engine_hint, None, e.id, "running", e.path, e.version, r,
-                         note=f"pod {e.pod_uid}" if e.pod_uid else None)
-            lt.source = "cgroup-path"
-            out.append(lt)
-        elif k == "pod":
-            lt = _listed("pod", "kubernetes", None, e.id, "running", e.path, e.version, r,
-                         note=f"QoS {e.qos}" if e.qos else None)
-            lt.source = "cgroup-path"
-            out.append(lt)
-    if units and r.cgfs.layout.memory_version is not None:
-        v = r.cgfs.layout.memory_version
-        for p in walk_cgroups(r.cgfs.memory_root(v)):
-            name = p.rsplit("/", 1)[-1]
-            if not re.search(r"\.(service|scope)$", name):
-                continue
-            info = classify_path(p)
-            if info.container_id or info.monitor or info.pod_uid:
-                continue
-            lt = _listed("unit", "systemd", name, None, "active", p, v, r)
-            lt.source = "cgroup-path"
-            out.append(lt)
-    return out
-
-
-def _listed(kind, engine, name, id_, state, path, version, r: Resolver, namespace=None, note=None) -> ListedTarget:
-    lt = ListedTarget(kind, engine, name, id_, state, path, version, namespace=namespace, note=note)
-    if path is not None and version is not None:
-        d = r.cgfs.directory(path, version)
-        lt.memory_current_bytes = read_current_bytes(d, version)
-        try:
-            lt.processes = len(list_procs(d))
-        except OSError:
-            lt.processes = None
-    return lt
-
-
-# --------------------------------------------------------------------------- following
-@dataclass
-class FollowEvent:
-    kind: str                 # "cgroup-changed", "waiting", "ended", "count"
-    message: str
-    wall_ns: int = 0
-    facts: dict = field(default_factory=dict)
-
-
-class Follower:
-    """Samples one target per tick and keeps hold of it: a cgroup that is re-created
-    (container restart) is reopened with a note, one that goes away ends the follow with a
-    final event. The loop (follow_loop) is separate so a TUI can drive tick() itself."""
-
-    def __init__(self, resolver: Resolver, target: Target, exit_grace_s: float = 2.0,
-                 sampler_factory: Optional[Callable] = None):
-        from .sampler import open_sampler
-        self.r = resolver
-        self.target = target
-        self.exit_grace_s = exit_grace_s
-        self._factory = sampler_factory or open_sampler
-        self.sampler = None
-        self.samples = 0
-        self.last_sample = None
-        self._lost_since: Optional[float] = None
-        self._waiting_said = ""
-        self._open()
-
-    def _open(self) -> None:
-        if self.sampler is not None:
-            self.sampler.close()
-        t = self.target
-        self.sampler = self._factory(proc=self.r.proc, cgroup_root=self.r.cgroup_root, cgroup=t.cgroup_path,
-                                     version=t.cgroup_version, pids=t.pids)
-
-    def _still_there(self) -> bool:
-        t = self.target
-        if t.kind == "pid":
-            st = _pid_starttime(t.pids[0], self.r.proc)
-            return st is not None and st == t.labels.get("starttime", st)
-        if not t.cgroup_dir:
-            return False
-        try:
-            return os.stat(t.cgroup_dir, follow_symlinks=False).st_ino == t.cgroup_ino
-        except OSError:
-            return False
-
-    def tick(self) -> tuple[Optional[object], list[FollowEvent]]:
-        """One step: (sample or None, events). An event of kind "ended" is the last one."""
-        events: list[FollowEvent] = []
-        if self._still_there():
-            self.sampler.refresh_pids()
-            s = self.sampler.sample()
-            if not (self.target.cgroup_path and s.cgroup is None and self.sampler.cgroup_gone):
-                self._lost_since = None
-                self.samples += 1
-                self.last_sample = s
-                return s, events
-        now = time.monotonic()
-        if self._lost_since is None:
-            self._lost_since = now
-        status, nt, msg, facts = self.r.recheck(self.target)
-        if status == "running" and nt is not None and self.target.kind != "pid":
-            old = self.target
-            if nt.cgroup_path != old.cgroup_path or nt.cgroup_ino != old.cgroup_ino:
-                who = old.describe().split(" in memory cgroup")[0]
-                if nt.cgroup_path == old.cgroup_path:
-                    msg = (f"{who} restarted: its cgroup {nt.cgroup_path} was re-created (inode {old.cgroup_ino} "
-                           f"-> {nt.cgroup_ino}); following the new one")
-                else:
-                    msg = f"{who} moved to cgroup {nt.cgroup_path} (was {old.cgroup_path}); following the new one"
-                events.append(FollowEvent("cgroup-changed", msg, time.time_ns(),
-                                          {"old_cgroup": old.cgroup_path, "new_cgroup": nt.cgroup_path,
-                                           "old_ino": old.cgroup_ino, "new_ino": nt.cgroup_ino,
-                                           "processes": [asdict(p) for p in nt.processes], **facts}))
-                self.target = nt
-                self._open()
-            self._lost_since = None
-            # sample the (possibly new) cgroup now; if it vanished again, the next tick asks again
-            if self._still_there():
-                self.sampler.refresh_pids()
-                s = self.sampler.sample()
-                if s.cgroup is not None or not self.target.cgroup_path:
-                    self.samples += 1
-                    self.last_sample = s
-                    return s, events
-            return None, events
-        grace = 0.0 if self.target.kind == "pid" else self.exit_grace_s
-        if status == "ended" and now - self._lost_since < grace:
-            status, msg = "waiting", f"{msg}; waiting {self.exit_grace_s:g} s for a restart"
-        if status == "ended":
-            facts = dict(facts)
-            if self.last_sample is not None and self.last_sample.cgroup is not None:
-                ev = self.last_sample.cgroup.events or {}
-                if ev.get("oom_kill") is not None:
-                    facts["last_oom_kill_events"] = ev["oom_kill"]
-            if facts.get("last_oom_kill_events"):
-                msg += f"; memory.events oom_kill was {facts['last_oom_kill_events']} at the last sample"
-            events.append(FollowEvent("ended", msg, time.time_ns(), facts))
-            return None, events
-        if msg and msg != self._waiting_said:
-            self._waiting_said = msg
-            events.append(FollowEvent("waiting", msg, time.time_ns(), facts))
-        return None, events
-
-    def close(self) -> None:
-        if self.sampler is not None:
-            self.sampler.close()
-            self.sampler = None
-
-
-def follow_loop(follower: Follower, interval_s: float, on_sample: Callable, on_event: Callable,
-                count: Optional[int] = None, sleep: Callable[[float], None] = time.sleep) -> FollowEvent:
-    """Tick every interval until the target ends or `count` samples were taken; returns the
-    final event. Ticks keep a fixed schedule (a slow tick shortens the next wait, never
-    accumulates). KeyboardInterrupt (Ctrl-C, SIGTERM in the CLI) propagates to the caller."""
-    nxt = time.monotonic()
-    while True:
-        s, events = follower.tick()
-        for e in events:
-            if e.kind == "ended":
-                on_event(e)
-                return e
-            on_event(e)
-        if s is not None:
-            on_sample(s)
-            if count is not None and follower.samples >= count:
-                return FollowEvent("count", f"stopped after --count {count}", time.time_ns())
-        nxt += interval_s
-        delay = nxt - time.monotonic()
-        if delay < 0:
-            nxt = time.monotonic()
-            delay = 0
-        # while the target is away, look again sooner than the interval (restarts are quick)
-        if s is None:
-            delay = min(delay, 0.2)
-            nxt = time.monotonic() + delay
-        sleep(delay)
-
-
-__all__ = ["Target", "TargetProcess", "TargetError", "Resolver", "Follower", "FollowEvent", "follow_loop",
-           "list_targets", "ListedTarget", "classify_path", "scan_proc", "target_to_dict"]

@@ -1,0 +1,70 @@
+"""What a view needs at one instant, live or replayed, and the one way to get ledger inputs
+from it.
+
+A FeedItem is the raw sample, the target events since the previous item, the eBPF report
+current at that instant and the target's context read with it (file mappings, other cgroups).
+`ledger_inputs` is the only code that turns an item into LedgerInputs: attach, record, replay,
+report and export all go through it, so one sample gives one ledger everywhere."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..events import ProbeReport
+from ..ledger import LedgerInputs, MappedFile, build_ledger, from_probe_report
+from ..samples import CgroupSample, HostInfo, Sample, cgroup_from_dict
+
+
+@dataclass
+class FeedItem:
+    sample: Optional[Sample]
+    events: list[dict] = field(default_factory=list)    # {"kind", "message", "wall_ns", "facts"}
+    report: Optional[ProbeReport] = None
+    mapped_files: Optional[dict] = None      # "mapped_files" event value current at this sample
+    other_cgroups: Optional[dict] = None     # "other_cgroups" event value current at this sample
+
+
+def mapped_files_from_event(value: dict) -> list[MappedFile]:
+    return [MappedFile(pid=f["pid"], path=f["path"], size_bytes=f.get("size_bytes") or 0, dev=f.get("dev"),
+                       inode=f.get("inode")) for f in (value or {}).get("files") or []]
+
+
+def others_from_event(value: dict) -> list[CgroupSample]:
+    return [cgroup_from_dict(c) for c in (value or {}).get("cgroups") or []]
+
+
+@dataclass
+class FeedHeader:
+    host: HostInfo
+    target: dict                       # sources.targets.target_to_dict
+    probes: Optional[list[dict]]       # ProbeStatus dicts; None: eBPF off
+    interval_ns: Optional[int] = None
+
+
+def adder_cgroup(s: Sample) -> Optional[str]:
+    """The memory cgroup that page cache added by the target's processes is charged to, where
+    the probes cannot name it: on hybrid hosts they key page cache by cgroup v2 id, while v1
+    charges the memory cgroup of the task that added the pages (ledger/inputs.py)."""
+    return s.cgroup.path if s.cgroup is not None and s.cgroup.version == 1 else None
+
+
+def ledger_inputs(item: FeedItem, header: FeedHeader) -> Optional[LedgerInputs]:
+    """What the ledger gets beyond the sample: the eBPF report mapped to the target, the
+    target's file mappings and the other cgroups read with it."""
+    s = item.sample
+    if s is None:
+        return None
+    if item.report is not None:
+        pids = sorted({p.pid for p in s.processes} | set((s.cgroup.procs or []) if s.cgroup else []))
+        inputs = from_probe_report(item.report, pids, adder_cgroup=adder_cgroup(s))
+    else:
+        inputs = LedgerInputs()
+    if item.mapped_files is not None:
+        inputs.mapped_files = mapped_files_from_event(item.mapped_files)
+    if item.other_cgroups is not None:
+        inputs.others = others_from_event(item.other_cgroups)
+    return inputs
+
+
+def ledger_of(item: FeedItem, header: FeedHeader, kv_fraction: float = 0.9):
+    return build_ledger(header.host, item.sample, ledger_inputs(item, header), kv_fraction=kv_fraction)
