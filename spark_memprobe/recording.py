@@ -33,7 +33,10 @@ Conventions between `memprobe record` and its readers (report, replay, export):
                "other_cgroups": {"cgroups": [CgroupSample dicts]}: other memory cgroups read
                at the same time (e.g. the target's siblings, or cgroups with file_mapped but no
                process), so first-touch owners can be named (ledger LedgerInputs.others); a
-               sample uses the last one at or before it.
+               sample uses the last one at or before it;
+               "kernel": a samples.KernelMemory dict (zones with watermarks and free blocks per
+               order, the watermark sysctls, host PSI), read about once a second; a sample uses
+               the last one at or before it (ledger LedgerInputs.kernel).
 
 Journal: WAL while recording, committed at least once a second, so a kill -9 loses at most the
 last second and leaves the rest in run.db plus run.db-wal (readers read the pair). A clean close
@@ -72,7 +75,7 @@ from typing import (Any, Iterable, Iterator, NamedTuple, Optional, TypedDict, Un
 
 from . import __version__
 from .events import ProbeReport, ProbeStatus
-from .samples import CgroupSample, HostInfo, Sample, sample_from_dict, sample_to_dict
+from .samples import CgroupSample, HostInfo, KernelMemory, Sample, sample_from_dict, sample_to_dict
 
 MAGIC = "spark_memprobe recording"
 SCHEMA_VERSION = 1
@@ -203,7 +206,7 @@ HEADER = {"host": Optional[HostInfo], "capabilities": Optional[list[_Check]], "t
           "probes": Optional[list[ProbeStatus]], "interval_ns": Optional[int], "argv": Optional[list[str]],
           "started_wall_ns": Optional[int], "kv_fraction": Optional[float], "pid": Optional[int]}
 EVENTS = {"probes": ProbeReport, "target": _TargetEvent, "recording_stopped": _Stopped,
-          "mapped_files": _MappedFiles, "other_cgroups": _OtherCgroups}
+          "mapped_files": _MappedFiles, "other_cgroups": _OtherCgroups, "kernel": KernelMemory}
 _INDEX = re.compile(r"#[0-9]+")
 _INT_KEY = re.compile(r"-?[0-9]+")
 _shapes: dict = {}

@@ -7,6 +7,7 @@ is picked up at a later tick. While one read is still running no other starts, a
 late by more than DEADLINE_S is said once."""
 from __future__ import annotations
 
+import collections
 import os
 import time
 from dataclasses import asdict
@@ -16,6 +17,7 @@ from ..samples import Sample
 from ..sources.background import Background
 from ..sources.cgroupfs import CgroupFS
 from ..sources.procfs import read_maps
+from ..sources.zones import read_kernel_memory
 
 REPORT_EVERY_S = 1.0       # eBPF report, file mappings and other cgroups: at most this often
 DEADLINE_S = 5.0           # a context read running longer is said late (once)
@@ -87,3 +89,35 @@ class Context:
             self._call = Background(lambda: read_context(pids, proc, cgfs, path, version), "memprobe-context")
             self._started = time.monotonic()
         return None
+
+
+class HostKernel:
+    """The host's page-allocator state (sources/zones.py: zoneinfo, buddyinfo, the watermark
+    sysctls, PSI), read at most every REPORT_EVERY_S in the caller's thread (host kernel files,
+    about 30 us on the CI VM, that no target can stall), and the newest sample at least
+    BEFORE_S old, whose /proc/vmstat the ledger compares with (reclaim and compaction stalls)."""
+
+    BEFORE_S = 1.0
+
+    def __init__(self, proc: str):
+        self.proc = proc
+        self.kernel: Optional[dict] = None
+        self._read_at = float("-inf")
+        self._recent: collections.deque = collections.deque()
+
+    def poll(self, s: Optional[Sample]) -> None:
+        if time.monotonic() - self._read_at >= REPORT_EVERY_S:
+            self._read_at = time.monotonic()
+            k = read_kernel_memory(self.proc)
+            self.kernel = asdict(k) if k is not None else None
+        if s is not None:
+            q = self._recent
+            q.append(s)
+            while len(q) >= 2 and s.mono_ns - q[1].mono_ns >= self.BEFORE_S * 1e9:
+                q.popleft()
+
+    def before(self, s: Optional[Sample]) -> Optional[Sample]:
+        q = self._recent
+        if s is None or not q or s.mono_ns - q[0].mono_ns < self.BEFORE_S * 1e9:
+            return None
+        return q[0]

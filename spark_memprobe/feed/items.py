@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..events import ProbeReport
 from ..ledger import LedgerInputs, MappedFile, build_ledger, from_probe_report
-from ..samples import CgroupSample, HostInfo, Sample, cgroup_from_dict
+from ..samples import CgroupSample, HostInfo, Sample, cgroup_from_dict, kernel_from_dict
 
 
 @dataclass
@@ -22,6 +22,8 @@ class FeedItem:
     report: Optional[ProbeReport] = None
     mapped_files: Optional[dict] = None      # "mapped_files" event value current at this sample
     other_cgroups: Optional[dict] = None     # "other_cgroups" event value current at this sample
+    kernel: Optional[dict] = None            # "kernel" event value current at this sample
+    before: Optional[Sample] = None          # the sample about a second earlier (counter deltas)
 
 
 def mapped_files_from_event(value: dict) -> list[MappedFile]:
@@ -50,7 +52,8 @@ def adder_cgroup(s: Sample) -> Optional[str]:
 
 def ledger_inputs(item: FeedItem, header: FeedHeader) -> Optional[LedgerInputs]:
     """What the ledger gets beyond the sample: the eBPF report mapped to the target, the
-    target's file mappings and the other cgroups read with it."""
+    target's file mappings and the other cgroups read with it, the page allocator's state and
+    the /proc/vmstat of about a second earlier."""
     s = item.sample
     if s is None:
         return None
@@ -63,6 +66,11 @@ def ledger_inputs(item: FeedItem, header: FeedHeader) -> Optional[LedgerInputs]:
         inputs.mapped_files = mapped_files_from_event(item.mapped_files)
     if item.other_cgroups is not None:
         inputs.others = others_from_event(item.other_cgroups)
+    if item.kernel is not None:
+        inputs.kernel = kernel_from_dict(item.kernel)
+    b = item.before
+    if b is not None and b.vmstat is not None and s.vmstat is not None and b.mono_ns < s.mono_ns:
+        inputs.vmstat_before, inputs.vmstat_before_s = b.vmstat, (s.mono_ns - b.mono_ns) / 1e9
     return inputs
 
 

@@ -15,7 +15,7 @@ from ..sources.bpf import ProbeOptions, ProbeSession, ProbesUnavailable
 from ..sources.capabilities import checks_to_dicts, run_checks
 from ..sources.sampler import open_sampler
 from ..sources.targets.resolver import Resolver, Target, target_to_dict
-from .context import REPORT_EVERY_S, Context
+from .context import REPORT_EVERY_S, Context, HostKernel
 from .follow import Follower
 from .host import read_host
 from .items import FeedHeader, FeedItem
@@ -70,6 +70,7 @@ class LiveFeed:
         self.header = FeedHeader(host=host, target=target_to_dict(target), probes=probes)
         self.report = None
         self.context = Context(resolver.proc)
+        self.host_kernel = HostKernel(resolver.proc)
 
     def _start_probes(self, target: Target) -> list[dict]:
         # No per-fault probes while following: they cost about 20 % of a fault-bound workload
@@ -106,8 +107,10 @@ class LiveFeed:
             late = self.context.poll(s, self.follower.target, self.follower.sampler.cgfs)
             if late:
                 evs.append({"kind": "context-late", "message": late, "wall_ns": time.time_ns(), "facts": {}})
+        self.host_kernel.poll(s)
         return FeedItem(sample=s, events=evs, report=self.report, mapped_files=self.context.mapped_files,
-                        other_cgroups=self.context.other_cgroups), end
+                        other_cgroups=self.context.other_cgroups, kernel=self.host_kernel.kernel,
+                        before=self.host_kernel.before(s)), end
 
     def close(self) -> None:
         if self.worker is not None:

@@ -14,7 +14,7 @@ from ..sources.sampler import open_sampler
 from ..sources.targets.listing import list_targets
 from ..sources.targets.paths import TargetError
 from ..sources.targets.resolver import Resolver, Target, target_to_dict
-from .context import Context
+from .context import Context, HostKernel
 from .follow import Follower
 from .items import FeedHeader, FeedItem, ledger_inputs
 
@@ -58,6 +58,7 @@ class TargetSet:
         self.engines = None
         self._last_relist = float("-inf")
         self._last_connect = float("-inf")
+        self.host_kernel = HostKernel(proc)
 
     def resolver(self) -> Resolver:
         """A fresh Resolver (no cached listing or /proc scan) over the engines connected once.
@@ -165,6 +166,7 @@ class TargetSet:
         for the host) go into every sample; report is the eBPF report of this cycle, or None.
         A target that ended is removed; one that is away for now (restarting) is left out."""
         out = []
+        polled = False
         for key, w in list(self.watched.items()):
             try:
                 s, events = w.follower.tick()
@@ -183,6 +185,9 @@ class TargetSet:
             try:
                 if gpus is not None:
                     s.gpus = gpus
+                if not polled:               # the host's page allocator, once a cycle
+                    self.host_kernel.poll(s)
+                    polled = True
                 late = w.context.poll(s, w.follower.target, w.follower.sampler.cgfs)
                 if late:
                     self.say(f"{key}:context", f"{w.label}: {late}")
@@ -194,7 +199,8 @@ class TargetSet:
     def reading(self, w: Watched, s: Sample, host: HostInfo, report) -> Reading:
         """The ledger of one target's sample, with the target's last context and the report."""
         item = FeedItem(sample=s, report=report, mapped_files=w.context.mapped_files,
-                        other_cgroups=w.context.other_cgroups)
+                        other_cgroups=w.context.other_cgroups, kernel=self.host_kernel.kernel,
+                        before=self.host_kernel.before(s))
         header = FeedHeader(host=host, target=target_to_dict(w.follower.target), probes=None)
         inputs = ledger_inputs(item, header)
         return Reading(w, item, inputs, build_ledger(host, s, inputs, kv_fraction=self.kv_fraction))

@@ -45,7 +45,8 @@ class Recorder:
             if sig != self._sig or r.cuda_calls or r.ended_mono_ns - self._probes_ns >= PROBES_STEADY_S * 1e9:
                 self.w.add_event(r.ended_mono_ns, "probes", report_to_dict(r))
                 self._sig, self._probes_ns = sig, r.ended_mono_ns
-        for kind, value in (("mapped_files", item.mapped_files), ("other_cgroups", item.other_cgroups)):
+        for kind, value in (("mapped_files", item.mapped_files), ("other_cgroups", item.other_cgroups),
+                            ("kernel", item.kernel)):
             if value is not None and value is not self._context.get(kind):
                 if value != self._context.get(kind):        # written when it changed
                     self.w.add_event(mono, kind, value)

@@ -6,6 +6,7 @@ from typing import Optional
 from ..events import ProbeReport, report_from_dict
 from ..recording import KEYFRAME_EVERY, Recording, RecordingError
 from ..samples import Sample
+from .context import HostKernel
 from .items import FeedHeader, FeedItem
 
 
@@ -22,19 +23,20 @@ class ReplayFeed:
         self.targets = rec.events("target")
         self.mapped = rec.events("mapped_files")
         self.others = rec.events("other_cgroups")
-        self._cache_start = -1
-        self._cache: list[Sample] = []
+        self.kernel = rec.events("kernel")
+        self._spans: dict[int, list[Sample]] = {}     # two keyframe spans: an item and its `before`
         self._parsed: tuple[int, Optional[ProbeReport]] = (-1, None)     # one parsed report
 
     def __len__(self) -> int:
         return len(self.rec)
 
     def _sample(self, i: int) -> Sample:
-        if not (self._cache_start <= i < self._cache_start + len(self._cache)):
-            start = i - i % KEYFRAME_EVERY
-            self._cache = list(self.rec.samples(start, start + KEYFRAME_EVERY))
-            self._cache_start = start
-        return self._cache[i - self._cache_start]
+        start = i - i % KEYFRAME_EVERY
+        if start not in self._spans:
+            if len(self._spans) >= 2:
+                self._spans.pop(next(iter(self._spans)))
+            self._spans[start] = list(self.rec.samples(start, start + KEYFRAME_EVERY))
+        return self._spans[start][i - start]
 
     def report(self, k: int) -> ProbeReport:
         """The k-th 'probes' event as a ProbeReport."""
@@ -61,7 +63,9 @@ class ReplayFeed:
         target events after after_ns (none when None). nearest: the eBPF report nearest in time
         (analysis of a finished recording), not the last one the screen had."""
         events = self.targets.between(after_ns, s.mono_ns) if after_ns is not None else []
+        k = self.rec.index_at(s.mono_ns - int(HostKernel.BEFORE_S * 1e9))
         return FeedItem(sample=s, events=events, report=self.report_at(s.mono_ns, nearest),
+                        kernel=self.kernel.value_at(s.mono_ns), before=self._sample(k) if k is not None else None,
                         mapped_files=self.mapped.value_at(s.mono_ns), other_cgroups=self.others.value_at(s.mono_ns))
 
     def item(self, i: int) -> FeedItem:
