@@ -49,16 +49,19 @@ def test_without_ebpf_the_counters_name_owners_with_medium_confidence():
 
 
 def test_the_report_paragraph_says_the_findings_confidence():
-    """The report said 'high' for naming owners (eBPF ran) while the finding said 'medium'."""
+    """The report said 'high' for naming owners (eBPF ran) while the finding said 'medium', with
+    nothing to tell the reader why: the paragraph now names the finding's confidence and its
+    reason."""
     inputs = LedgerInputs(mapped_files=[MappedFile(pid=10, path="/models/w.safetensors", size_bytes=GiB)],
                           others=others())
     f = next(x for x in build_ledger(HOST, engine_sample(), inputs).findings if x.rule == "first_touch")
     seen = FindingSeen(finding=f, index=0, t_s=0.0, raised=1, scanned=1, first_s=0.0, last_s=0.0)
     moment = SimpleNamespace(inputs=LedgerInputs(page_cache=[]))
     d = SimpleNamespace(findings=[seen], probes=[{"name": "pagecache"}], moments=[moment], files_source=None)
-    assert attribution(d)[0] == "medium"
+    level, why = attribution(d)
+    assert level == "high" and "the first-touch finding is medium confidence" in why
     f.confidence = "high"
-    assert attribution(d)[0] == "high"
+    assert "first-touch" not in attribution(d)[1]
 
 
 def test_analysis_takes_the_ebpf_report_nearest_the_sample(tmp_path):

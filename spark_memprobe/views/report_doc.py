@@ -183,15 +183,16 @@ def _peak_rows(lg: Ledger, col: str = "current", floor: int = 1 << 20) -> list[t
 
 
 def attribution(d: ReportData) -> tuple[str, str]:
-    """How well files and owners are named: the first-touch finding's own confidence when there
-    is one (so the paragraph and the finding never disagree), else what was recorded."""
+    """How well files and owners are named, from what was recorded; where the first-touch finding
+    is less sure than that, the sentence says so, so the paragraph and the finding never disagree."""
     ft = next((fs.finding for fs in d.findings if fs.finding.rule == "first_touch"), None)
-    if ft is not None and ft.confidence != "high":
-        return ft.confidence, ("the first-touch owners come from other cgroups' counters: eBPF page-cache "
-                               "ownership named no cgroup charged for the files the target maps"
-                               if ft.confidence == "medium" else "files and owners were not named")
     if d.probes is not None and any(m.inputs.page_cache is not None for m in d.moments):
-        return "high", "eBPF page-cache ownership names each file and the cgroup charged for it"
+        why = "eBPF page-cache ownership names each file and the cgroup charged for it"
+        if ft is not None and ft.confidence != "high":
+            why += (f"; the first-touch finding is {ft.confidence} confidence: the pages it counts are not among "
+                    "those eBPF saw being cached (cached before the probes started), so " +
+                    ("its owners come from other cgroups' counters" if ft.owners else "it names no owner"))
+        return "high", why
     if d.files_source or any(m.inputs.others is not None for m in d.moments):
         return "medium", ("files come from the target's mappings and owners from other cgroups' counters "
                           "(eBPF page-cache ownership was not recorded)")
@@ -487,8 +488,55 @@ def moments_blocks(d: ReportData) -> list:
         if m is pk:
             continue
         out.append(Details(f"The full ledger at {_moment_head(m)}", ledger_tables(m.ledger)))
+    out += mem_available_blocks(d)
     out += kv_blocks(d)
     return out
+
+
+# MemAvailable's terms as si_mem_available adds them: (label, MemAvailableParts field)
+AVAIL_TERMS = [("free pages (MemFree)", "free_bytes"),
+               ("- kernel reserve (high watermarks + lowmem reserves)", "reserve_bytes"),
+               ("+ page cache (Active(file) + Inactive(file))", "page_cache_bytes"),
+               ("- page cache kept (half of it, at most the low watermarks)", "page_cache_kept_bytes"),
+               ("+ reclaimable kernel memory (KReclaimable)", "reclaimable_kernel_bytes"),
+               ("- reclaimable kernel memory kept (likewise)", "reclaimable_kernel_kept_bytes")]
+
+
+def mem_available_blocks(d: ReportData) -> list:
+    """MemAvailable term by term and the free memory in 2 MiB blocks at each moment; nothing when
+    the recording has no page-allocator state (recorded before issue 24, or zoneinfo unreadable)."""
+    ms = d.moments
+    if all(m.ledger.mem_available is None and m.ledger.free_in_2mib_blocks_bytes is None for m in ms):
+        return []
+    out: list = [Heading(3, "MemAvailable term by term, and free memory in 2 MiB blocks", "mem-available"),
+                 Para(["The kernel computes MemAvailable (", Code("mm/show_mem.c si_mem_available"), ") from the "
+                       "free pages less the zone reserves, which ", Code("vm.min_free_kbytes"), " raises, plus the "
+                       "page cache and reclaimable kernel memory less what it assumes must stay. A GPU driver's "
+                       "large allocations need free blocks of 2 MiB (", Code("/proc/buddyinfo"), "): free memory in "
+                       "smaller blocks does not serve them. ", *_avail_peak(d.peak), "."])]
+    avail = [m.ledger.mem_available for m in ms]
+    rows = [[label] + [MISSING if a is None else bx(getattr(a, key)) for a in avail] for label, key in AVAIL_TERMS]
+    rows.append([Bold("= MemAvailable by the formula")] + [Bold(MISSING if a is None else bx(a.computed_bytes))
+                                                           for a in avail])
+    rows.append(["MemAvailable as the kernel printed it"] + [MISSING if a is None else bx(a.kernel_bytes)
+                                                               for a in avail])
+    rows.append(["kernel - formula"] + [MISSING if a is None or a.difference_bytes is None else
+                                        signed(a.difference_bytes) for a in avail])
+    rows.append(["free in blocks of 2 MiB or more"] + [bx(m.ledger.free_in_2mib_blocks_bytes) for m in ms])
+    out.append(Table(["term"] + [_moment_head(m) for m in ms], rows, "l" + "r" * len(ms),
+                     caption="the page allocator's state is read about once a second: a moment uses the last "
+                             "reading before it"))
+    return out
+
+
+def _avail_peak(m: Moment) -> list:
+    lg, a = m.ledger, m.ledger.mem_available
+    head = [f"At the peak ({ts(m.t_s)}): "]
+    huge = [Bold(ex(lg.free_in_2mib_blocks_bytes)), " of the free memory lies in blocks of 2 MiB or more"]
+    if a is None:
+        return head + huge + [" (MemAvailable was not taken apart: zoneinfo or a meminfo field was missing)"]
+    return head + ["a kernel reserve of ", Bold(ex(a.reserve_bytes)), " that MemAvailable leaves out; "] + huge + \
+        [f" (MemFree {bx(a.free_bytes)})"]
 
 
 def ledger_tables(lg: Ledger) -> list:
