@@ -319,6 +319,10 @@ def test_exposition_parses_in_both_formats_and_only_on_loopback(loaded):
         assert fams["memprobe_ledger_bytes"].type == "gauge"
         assert fams["memprobe_exporter_cycles"].type == "counter"
         assert fams["process_cpu_seconds"].type == "counter"          # the exporter's own CPU
+        # the host's page allocator (issue 24): MemAvailable term by term, read by the exporter itself
+        parts = {s.labels["part"]: s.value for s in fams["memprobe_host_mem_available_bytes"].samples}
+        assert parts["reserve"] > 0 and abs(parts["computed"] - parts["kernel"]) < 64 << 20, parts
+        assert fams["memprobe_host_free_in_2mib_blocks_bytes"].samples[0].value > 0
         # OpenMetrics when Prometheus asks for it
         status, body, _ = http_get(exp.url, headers={"Accept": "application/openmetrics-text; version=1.0.0"})
         om = body.decode()

@@ -260,6 +260,9 @@ def test_every_exported_metric_is_documented_and_every_documented_one_exists():
     _, _, _, fams = h100_families(inputs=inputs, report=report)
     gb = load_step(step(GB10, "03"), GB10_CG)
     fams += build_families(gb[0], [TargetMetrics(labels_for("/" + GB10_CG), build_ledger(*gb))])
+    from test_kernel_views import kernel_host_families      # the page allocator's families (issue 24)
+    _, kernel_lg, kernel_fams = kernel_host_families()
+    fams += kernel_fams
     names = {s.name for s in samples(render(fams))} | {"memprobe_exporter_data_age_seconds"}
     docs = documented_metrics()
     assert names - docs == set(), "exported but not in docs/export.md"
@@ -267,7 +270,7 @@ def test_every_exported_metric_is_documented_and_every_documented_one_exists():
     # every row, detail, view and rule key a ledger can carry is named in the metrics section
     text = open(os.path.join(DOCS, "export.md")).read().split("## Metrics", 1)[1].split("\n## ", 1)[0]
     keys = set()
-    for lg in (h100_families()[1], build_ledger(*gb)):
+    for lg in (h100_families()[1], build_ledger(*gb), kernel_lg):
         keys |= {r.key.split(".")[-1] for r in lg.rows if not re.match(r".*\.file\d+$", r.key)}
         keys |= {c.key for c in lg.columns} | {rr.rule for rr in lg.rules}
     missing = sorted(k for k in keys if f"`{k}`" not in text)

@@ -238,6 +238,7 @@ class Exporter:
 
     def cycle(self) -> None:
         from .. import __version__
+        from ..feed.items import FeedHeader, FeedItem, ledger_inputs
         from ..ledger import build_ledger
         from ..views.metrics import TargetMetrics, build_families
         from .export_http import render
@@ -246,16 +247,21 @@ class Exporter:
             self.targets.update()
         except Exception as e:  # noqa: BLE001 - the next cycle tries again
             self._error("targets", e)
-        host_sample = host_ledger = None
+        host_sample = host_ledger = host_inputs = None
+        hk = self.targets.host_kernel
         try:
             host_sample = self.host_sampler.sample()
-            host_ledger = build_ledger(self.host, host_sample, kv_fraction=self.kv_fraction)
+            hk.poll(host_sample)
+            host_inputs = ledger_inputs(FeedItem(sample=host_sample, kernel=hk.kernel, before=hk.before(host_sample)),
+                                        FeedHeader(host=self.host, target={}, probes=None))
+            host_ledger = build_ledger(self.host, host_sample, host_inputs, kv_fraction=self.kv_fraction)
         except Exception as e:  # noqa: BLE001
             self._error("host", e)
         report = self._report()
         out: list[TargetMetrics] = []
         gpus = host_sample.gpus if host_sample is not None else None     # NVML read once per cycle
-        for r in self.targets.sample(self.host, gpus, report):
+        # the host's page-allocator state was read with the host sample: the targets reuse it
+        for r in self.targets.sample(self.host, gpus, report, kernel_polled=host_sample is not None):
             try:
                 t = r.watched.follower.target
                 pids = sorted(p.pid for p in r.item.sample.processes)
@@ -269,7 +275,8 @@ class Exporter:
         self.stats.cycle_seconds = time.monotonic() - t0
         self.stats.last_cycle_unix = time.time()
         try:
-            fams = build_families(self.host, out, host_ledger, report, self.top_files, self.stats, __version__)
+            fams = build_families(self.host, out, host_ledger, report, self.top_files, self.stats, __version__,
+                                  host_sample=host_sample, host_inputs=host_inputs)
             self.exposition = render(fams + list(self.process.collect()), kept_when_stale, self.stats.last_cycle_unix,
                                      self.host.hostname or "", self.stale_after)
         except Exception as e:  # noqa: BLE001

@@ -1,4 +1,5 @@
-"""memprobe snapshot: one full sample (host + target cgroup + its processes), as tables or JSON."""
+"""memprobe snapshot: one full sample (host + target cgroup + its processes) and the page
+allocator's state (zones, free blocks by size and migrate type), as tables or JSON."""
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def run(args) -> int:
     from ..sources.cgroupfs import CgroupFS, norm_path, parse_proc_cgroup
     from ..sources.procfs import read_pid_cgroup
     from ..sources.targets import is_real_dir
+    from ..sources.zones import read_kernel_memory
     from ..views.snapshot import render_sample
 
     cgfs = CgroupFS(args.cgroup_root)
@@ -62,24 +64,34 @@ def run(args) -> int:
         target = f"memory cgroup v{cgfs.layout.memory_version} {norm_path(cgroup)}"
     smp, s, host = open_host(args.proc, args.cgroup_root, detail=True, cgroup=cgroup, version=version, pids=pids)
     smp.close()
+    # read right after the sample, whose meminfo MemAvailable is taken apart with; pagetypeinfo
+    # only here, not per tick (root only, and the kernel walks every free list to print it)
+    kernel = read_kernel_memory(args.proc, s.notes, page_types=True)
     header = host_header(smp.kind, target)
     if args.ledger:
-        return _print_ledger(args, header, host, s)
+        return _print_ledger(args, header, host, s, kernel)
+    from ..ledger.available import decompose_mem_available, free_in_blocks_bytes
+    zones = kernel.zones if kernel is not None else None
+    avail = decompose_mem_available(s.meminfo, zones, host.page_size)
     if args.json:
-        json.dump({"header": header, "host": asdict(host), "sample": sample_to_dict(s)}, sys.stdout, indent=1)
+        json.dump({"header": header, "host": asdict(host), "sample": sample_to_dict(s),
+                   "kernel": asdict(kernel) if kernel is not None else None,
+                   "mem_available": asdict(avail) if avail is not None else None,
+                   "free_in_2mib_blocks_bytes": free_in_blocks_bytes(zones, host.page_size)}, sys.stdout, indent=1)
         print()
     else:
-        print_renderable(render_sample(s, header, host))
+        print_renderable(render_sample(s, header, host, kernel, avail))
     return 0
 
 
-def _print_ledger(args, header, host, s) -> int:
-    from ..ledger import build_ledger, ledger_to_dict
+def _print_ledger(args, header, host, s, kernel) -> int:
+    from ..ledger import LedgerInputs, build_ledger, ledger_to_dict
     from ..views.ledger import render_ledger
 
-    ledger = build_ledger(host, s, kv_fraction=args.kv_fraction)
+    ledger = build_ledger(host, s, LedgerInputs(kernel=kernel), kv_fraction=args.kv_fraction)
     if args.json:
-        json.dump({"header": header, "host": asdict(host), "ledger": ledger_to_dict(ledger)}, sys.stdout, indent=1)
+        json.dump({"header": header, "host": asdict(host), "ledger": ledger_to_dict(ledger),
+                   "kernel": asdict(kernel) if kernel is not None else None}, sys.stdout, indent=1)
         print()
     else:
         print_renderable(render_ledger(ledger))

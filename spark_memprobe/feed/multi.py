@@ -161,12 +161,13 @@ class TargetSet:
             self.add(key, t, label, fixed=False)
 
     # -- one cycle -------------------------------------------------------------------------
-    def sample(self, host: HostInfo, gpus, report) -> list[Reading]:
+    def sample(self, host: HostInfo, gpus, report, kernel_polled: bool = False) -> list[Reading]:
         """Sample every target once: one Reading each that is there now. gpus (NVML, read once
         for the host) go into every sample; report is the eBPF report of this cycle, or None.
-        A target that ended is removed; one that is away for now (restarting) is left out."""
+        A target that ended is removed; one that is away for now (restarting) is left out.
+        kernel_polled: the caller already polled host_kernel with its own host sample this cycle."""
         out = []
-        polled = False
+        polled = kernel_polled
         for key, w in list(self.watched.items()):
             try:
                 s, events = w.follower.tick()

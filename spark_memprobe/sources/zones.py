@@ -123,11 +123,12 @@ def read_vm_sysctl(name: str, proc: str = "/proc") -> Optional[int]:
     return v if isinstance(v, int) else None
 
 
-def read_kernel_memory(proc: str = "/proc", notes: Optional[list[str]] = None) -> Optional[KernelMemory]:
-    """Zones (zoneinfo + buddyinfo), the watermark sysctls and the host's PSI; None when
-    /proc/zoneinfo cannot be read (the reason goes into notes)."""
+def read_kernel_memory(proc: str = "/proc", notes: Optional[list[str]] = None,
+                       page_types: bool = False) -> Optional[KernelMemory]:
+    """Zones (zoneinfo + buddyinfo, + pagetypeinfo with page_types), the watermark sysctls and
+    the host's PSI; None when /proc/zoneinfo cannot be read (the reason goes into notes)."""
     try:
-        zones = read_zoneinfo(proc, notes=notes)
+        zones = read_zoneinfo(proc, page_types=page_types, notes=notes)
     except (OSError, MalformedFile) as e:
         if notes is not None:
             notes.append(f"{proc}/zoneinfo: {getattr(e, 'reason', None) or e.strerror}")

@@ -6,13 +6,15 @@ and there is none, and a dash that the view (or the estimate behind the cell) wa
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..ledger.available import MemAvailableParts
+from ..ledger.build import AVAIL_TOLERANCE_PAGES
 from ..ledger.model import Ledger, Row
 from .fmt import MISSING, fmt_bytes
 
@@ -49,6 +51,30 @@ def _views_table(ledger: Ledger, title: str, columns: list[tuple[str, str]]) -> 
     if any(cols[k].excess_bytes for k in keys):
         t.add_row("rows beyond view", *[fmt_bytes(cols[k].excess_bytes) if cols[k].excess_bytes else "" for k in keys])
     return t
+
+
+def mem_available_line(a: Optional[MemAvailableParts], huge: Optional[int], page_size: Optional[int],
+                       fmt: Callable[[Optional[int]], str] = fmt_bytes, width: Optional[int] = None) -> Optional[str]:
+    """MemAvailable term by term (the kernel's si_mem_available, docs/ledger.md "Kernel causes")
+    and the free memory in 2 MiB blocks (huge), as one line; None when neither was read. With a
+    width, a shorter form (the cache terms net of what the kernel keeps) where the long one does
+    not fit, cut with an ellipsis where that does not fit either. Each value is formatted once:
+    the screen builds this line at every frame."""
+    blocks = "" if huge is None else fmt(huge)
+    if a is None:
+        return None if huge is None else f"free in 2 MiB blocks {blocks}"
+    total = fmt(a.computed_bytes)
+    if a.difference_bytes is not None and page_size and abs(a.difference_bytes) > AVAIL_TOLERANCE_PAGES * page_size:
+        total += f" (kernel {fmt(a.kernel_bytes)})"
+    free = f" = free {fmt(a.free_bytes)} - reserve {fmt(a.reserve_bytes)}"
+    line = (f"MemAvailable {total}{free} + cache {fmt(a.page_cache_bytes)} (- kept {fmt(a.page_cache_kept_bytes)})"
+            f" + reclaimable {fmt(a.reclaimable_kernel_bytes)} (- kept {fmt(a.reclaimable_kernel_kept_bytes)})"
+            + (blocks and f"; free in 2 MiB blocks {blocks}"))
+    if width is None or len(line) <= width:
+        return line
+    net = a.page_cache_bytes - a.page_cache_kept_bytes + a.reclaimable_kernel_bytes - a.reclaimable_kernel_kept_bytes
+    line = f"MemAvail {total}{free} + reclaimable {fmt(net)}" + (blocks and f"; 2M blocks {blocks}")
+    return line if len(line) <= width else line[:width - 1] + "…"
 
 
 def _findings(ledger: Ledger):
@@ -96,6 +122,9 @@ def render_ledger(ledger: Ledger) -> Group:
             parts.append(t)
     parts.append(Text("blank: the view never counts that kind; " + MISSING + ": not read; (est.): modelled",
                       style="dim"))
+    avail = mem_available_line(ledger.mem_available, ledger.free_in_2mib_blocks_bytes, ledger.page_size)
+    if avail is not None:
+        parts.append(Text(avail))
     parts.append(_findings(ledger))
     parts.append(_kv(ledger))
     silent = [r for r in ledger.rules if r.status == "silent"]

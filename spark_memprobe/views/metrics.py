@@ -1,7 +1,8 @@
 """Prometheus / OpenMetrics metric families from ledgers (docs/export.md lists every one).
 
 A pure function of what it is given: HostInfo, per target its labels, Ledger, process list
-and eBPF inputs, the host-only Ledger, and an optional eBPF ProbeReport. Nothing here reads
+and eBPF inputs, the host-only Ledger with the Sample and LedgerInputs it was built from, and an
+optional eBPF ProbeReport. Nothing here reads
 the machine; `memprobe export` (cli/export.py) samples, builds the ledgers, and serves what
 `build_families` returns from a cache.
 
@@ -20,6 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from ..events import ProbeReport
 from ..ledger.inputs import LedgerInputs
 from ..ledger.model import Ledger
+from ..ledger.rules_kernel import STALL_COUNTERS
+from ..samples import Sample
 
 # Labels every per-target series carries, in this order ("" = unknown; Prometheus drops
 # empty labels on ingestion, so an unknown label is simply absent there).
@@ -30,6 +33,17 @@ HOST_VIEWS = ("host_used", "host_nofree", "nvml_used", "cuda_used")
 SEVERITY_LEVEL = {"info": 1, "warning": 2, "critical": 3}
 OTHER_FILES = "(other)"        # file label of the page cache outside the top-N files
 DEFAULT_TOP_FILES = 10
+# MemAvailable's terms (ledger/available.py MemAvailableParts field) by `part` label
+AVAIL_PARTS = (("free", "free_bytes"), ("reserve", "reserve_bytes"), ("page_cache", "page_cache_bytes"),
+               ("page_cache_kept", "page_cache_kept_bytes"), ("reclaimable", "reclaimable_kernel_bytes"),
+               ("reclaimable_kept", "reclaimable_kernel_kept_bytes"), ("computed", "computed_bytes"),
+               ("kernel", "kernel_bytes"))
+# /proc/vmstat event counters of reclaim and compaction by `event` label; allocstall sums the
+# kernel's per-zone allocstall_* (mm/vmscan.c counts one per zone type)
+VMSTAT_EVENTS = (("compact_stall", ("compact_stall",)), ("compact_fail", ("compact_fail",)),
+                 ("compact_success", ("compact_success",)), ("pgscan_direct", ("pgscan_direct",)),
+                 ("pgscan_kswapd", ("pgscan_kswapd",)), ("pgsteal_direct", ("pgsteal_direct",)),
+                 ("pgsteal_kswapd", ("pgsteal_kswapd",)), ("allocstall", STALL_COUNTERS))
 
 
 @dataclass
@@ -105,10 +119,68 @@ def _s(v) -> str:
     return "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
+def vmstat_events(sample: Optional[Sample]) -> dict[str, int]:
+    """The VMSTAT_EVENTS this sample's /proc/vmstat has (an event this kernel lacks is left out)."""
+    if sample is None or sample.vmstat is None:
+        return {}
+    c = sample.vmstat.counters
+    out = {}
+    for name, keys in VMSTAT_EVENTS:
+        vals = [c[k] for k in keys if k in c]
+        if vals:
+            out[name] = sum(vals)
+    return out
+
+
+def _kernel_families(hn: str, host_ledger: Optional[Ledger], host_sample: Optional[Sample],
+                     host_inputs: Optional[LedgerInputs]) -> list[Metric]:
+    """MemAvailable term by term, free memory in 2 MiB blocks, reclaim and compaction events,
+    host PSI (docs/ledger.md "Kernel causes"): each only when read."""
+    out: list[Metric] = []
+    a = host_ledger.mem_available if host_ledger is not None else None
+    if a is not None:
+        ma = GaugeMetricFamily("memprobe_host_mem_available_bytes", "MemAvailable term by term as the kernel "
+                               "computes it (mm/show_mem.c si_mem_available): computed = free - reserve + page_cache - "
+                               "page_cache_kept + reclaimable - reclaimable_kept; kernel = /proc/meminfo MemAvailable",
+                               labels=["host", "part"], unit="bytes")
+        for part, key in AVAIL_PARTS:
+            if getattr(a, key) is not None:
+                ma.add_metric([hn, part], getattr(a, key))
+        out.append(ma)
+    huge = host_ledger.free_in_2mib_blocks_bytes if host_ledger is not None else None
+    if huge is not None:
+        fb = GaugeMetricFamily("memprobe_host_free_in_2mib_blocks_bytes", "free memory in free blocks of 2 MiB or "
+                               "more (/proc/buddyinfo): what large GPU-driver and THP allocations can take without "
+                               "compaction", labels=["host"], unit="bytes")
+        fb.add_metric([hn], huge)
+        out.append(fb)
+    events = vmstat_events(host_sample)
+    if events:
+        ve = CounterMetricFamily("memprobe_host_vmstat_events", "reclaim and compaction events since boot "
+                                 "(/proc/vmstat; pgscan/pgsteal count pages, the others events)",
+                                 labels=["host", "event"])
+        for name, v in events.items():
+            ve.add_metric([hn, name], v)
+        out.append(ve)
+    k = host_inputs.kernel if host_inputs is not None else None
+    p = k.pressure if k is not None else None
+    if p is not None and (p.some_total_us is not None or p.full_total_us is not None):
+        ps = CounterMetricFamily("memprobe_host_memory_pressure_seconds", "time tasks stalled waiting for memory "
+                                 "since boot (/proc/pressure/memory total; some: at least one task, full: all "
+                                 "non-idle tasks at once)", labels=["host", "kind"], unit="seconds")
+        for kind, us in (("some", p.some_total_us), ("full", p.full_total_us)):
+            if us is not None:
+                ps.add_metric([hn, kind], us / 1e6)
+        out.append(ps)
+    return out
+
+
 def build_families(host, targets: list[TargetMetrics], host_ledger: Optional[Ledger] = None,
                    report: Optional[ProbeReport] = None, top_n_files: int = DEFAULT_TOP_FILES,
-                   stats: Optional[ExporterStats] = None, version: str = "") -> list[Metric]:
-    """Every metric family for one sampling cycle. `host` is a samples.HostInfo."""
+                   stats: Optional[ExporterStats] = None, version: str = "",
+                   host_sample: Optional[Sample] = None, host_inputs: Optional[LedgerInputs] = None) -> list[Metric]:
+    """Every metric family for one sampling cycle. `host` is a samples.HostInfo; host_sample and
+    host_inputs are what host_ledger was built from (vmstat events, host PSI)."""
     hn = host.hostname or ""
     fams: list[Metric] = []
     T = list(TARGET_LABELS)
@@ -166,6 +238,7 @@ def build_families(host, targets: list[TargetMetrics], host_ledger: Optional[Led
             hg.add_metric(kl, kv.lost_bytes)
         g("memprobe_kv_cache_fraction", "the fraction of free memory an engine gives its KV cache, as configured "
           "(--kv-fraction)", ["host"]).add_metric([hn], kv.fraction)
+    fams += _kernel_families(hn, host_ledger, host_sample, host_inputs)
 
     # ---- per target ---------------------------------------------------------------------
     ledger_b = g("memprobe_ledger_bytes", "bytes of one kind of memory (row) that one view counts, for one target; "

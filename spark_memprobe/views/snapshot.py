@@ -1,4 +1,5 @@
-"""Render one Sample as text tables (Rich; plain text when not on a terminal)."""
+"""Render one Sample, and the page allocator's state read with it, as text tables (Rich; plain
+text when not on a terminal)."""
 from __future__ import annotations
 
 import time
@@ -9,8 +10,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..samples import HostInfo, Sample
+from ..ledger.available import MemAvailableParts, free_in_blocks_bytes
+from ..samples import HostInfo, KernelMemory, Sample, Zone
 from .fmt import MISSING, fmt_bytes, fmt_int
+from .ledger import mem_available_line
 
 HOST_KEYS = ["MemTotal", "MemFree", "MemAvailable", "Cached", "Buffers", "Shmem", "Mapped",
              "AnonPages", "Slab", "KernelStack", "PageTables", "SwapTotal", "SwapFree"]
@@ -33,8 +36,10 @@ def _kv_table(title: str, pairs: list[tuple[str, str]], columns: int = 3) -> Tab
     return t
 
 
-def render_sample(s: Sample, header: dict, host: Optional[HostInfo] = None) -> Group:
-    """header: host, kernel, sampler, target description (strings); host: static facts."""
+def render_sample(s: Sample, header: dict, host: Optional[HostInfo] = None, kernel: Optional[KernelMemory] = None,
+                  avail: Optional[MemAvailableParts] = None) -> Group:
+    """header: host, kernel, sampler, target description (strings); host: static facts; kernel:
+    the page allocator's state read with the sample; avail: its MemAvailable taken apart."""
     parts = []
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.wall_ns / 1e9))
     parts.append(Text(f"memprobe snapshot  {when}  host {header.get('host', MISSING)}  "
@@ -47,6 +52,8 @@ def render_sample(s: Sample, header: dict, host: Optional[HostInfo] = None) -> G
     if s.meminfo is not None:
         parts.append(_kv_table("host: /proc/meminfo",
                                [(k, fmt_bytes(s.meminfo.get(k))) for k in HOST_KEYS if k in s.meminfo.bytes]))
+    if kernel is not None:
+        parts.append(render_kernel(kernel, avail, host.page_size if host is not None else None))
     if s.cgroup is not None:
         cg = s.cgroup
         pairs = [("memory.current" if cg.version == 2 else "usage_in_bytes", fmt_bytes(cg.current_bytes)),
@@ -70,6 +77,49 @@ def render_sample(s: Sample, header: dict, host: Optional[HostInfo] = None) -> G
     if s.notes:
         parts.append(Text("notes:\n" + "\n".join(f"  - {n}" for n in s.notes)))
     return Group(*parts)
+
+
+def _zone_row(z: Zone, page: Optional[int]) -> list[str]:
+    def b(pages: Optional[int]) -> str:
+        return fmt_bytes(None if pages is None or not page else pages * page)
+
+    types = z.free_blocks_by_type or {}
+    # free pages of a migrate type: its blocks per order (order 0 first), each 2^order pages
+    by_type = [b(sum(n << o for o, n in enumerate(types[t]))) if t in types else MISSING
+               for t in ("Movable", "Unmovable", "Reclaimable")]
+    return [f"{z.node}/{z.name}", b(z.managed_pages), b(z.free_pages), fmt_bytes(free_in_blocks_bytes([z], page)),
+            b(z.min_pages), b(z.low_pages), b(z.high_pages)] + by_type
+
+
+def render_kernel(k: KernelMemory, avail: Optional[MemAvailableParts], page: Optional[int]) -> Group:
+    """MemAvailable term by term, then per zone: watermarks and free memory by block size and
+    migrate type (migrate types only where /proc/pagetypeinfo was read: root)."""
+    parts: list = [Text("host: page allocator (/proc/zoneinfo, buddyinfo, pagetypeinfo)", style="italic")]
+    line = mem_available_line(avail, free_in_blocks_bytes(k.zones, page), page)
+    if line is not None:
+        parts.append(Text(line))
+    t = Table(box=box.SIMPLE, pad_edge=False)
+    for c in ("node/zone", "managed", "free", "in 2 MiB+ blocks", "min", "low", "high", "free movable",
+              "free unmovable", "free reclaimable"):
+        t.add_column(c, justify="left" if c == "node/zone" else "right")
+    shown = [z for z in k.zones if z.managed_pages != 0]       # empty zones (Movable, Device here) left out
+    for z in shown:
+        t.add_row(*_zone_row(z, page))
+    parts.append(t)
+    p = k.pressure
+    psi = MISSING if p is None else (f"some {_n(p.some_avg10)} % (10 s), {_secs(p.some_total_us)} in all; "
+                                     f"full {_n(p.full_avg10)} % (10 s), {_secs(p.full_total_us)} in all")
+    parts.append(Text(f"vm.min_free_kbytes {_n(k.min_free_kbytes)}, watermark_scale_factor "
+                      f"{_n(k.watermark_scale_factor)}; memory pressure (PSI): {psi}"))
+    return Group(*parts)
+
+
+def _n(v) -> str:
+    return MISSING if v is None else str(v)
+
+
+def _secs(us: Optional[int]) -> str:
+    return MISSING if us is None else f"{us / 1e6:.1f} s"
 
 
 def render_gpus(s: Sample, extra: Optional[list[str]] = None):

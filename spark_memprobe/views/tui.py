@@ -19,6 +19,7 @@ from ..events import ProbeReport
 from ..ledger.model import Ledger
 from ..samples import HostInfo, Sample
 from .fmt import MISSING, fmt_bytes, sparkline
+from .ledger import mem_available_line
 
 # (column key, header) in the order they are dropped when the screen is narrow (last first)
 COLUMNS = [("current", "memory.current"), ("working_set", "docker/k8s"), ("rss", "RSS sum"),
@@ -115,6 +116,12 @@ def _ledger_table(st: TuiState, width: int, max_rows: int) -> Text:
     return t
 
 
+def _short(n: Optional[int]) -> str:
+    """'23.1G', '127M', '512B': the screen's one-line MemAvailable needs every column."""
+    s = fmt_bytes(n)
+    return s[:-4] + s[-3] if s.endswith("iB") else s.replace(" ", "")
+
+
 def _findings(st: TuiState, width: int, n: int) -> Text:
     L = st.ledger
     t = Text("findings", style="bold")
@@ -193,11 +200,16 @@ def render_screen(st: TuiState, width: int, height: int) -> Group:
     find_lines = 1 + nfind + (1 if len(st.ledger.findings) > nfind else 0)
     # the table takes its rows + 4 lines (title, header, rule, totals); keep room for the
     # findings and the key line at the bottom
-    shown = [r for r in st.ledger.rows if r.parent is None]
-    max_rows = max(3, min(len(shown), height - used - 4 - find_lines - 1))
+    L = st.ledger
+    shown = [r for r in L.rows if r.parent is None]
+    avail = mem_available_line(L.mem_available, L.free_in_2mib_blocks_bytes, L.page_size, _short, width)
+    max_rows = max(3, min(len(shown), height - used - 4 - find_lines - 1 - (avail is not None)))
     table = _ledger_table(st, width, max_rows)
     parts.append(table)
     used += table.plain.count("\n") + 1
+    if avail is not None:
+        parts.append(Text(avail, style="dim"))
+        used += 1
     parts.append(_findings(st, width, nfind))
     used += find_lines
     left = height - used - 1
