@@ -19,7 +19,7 @@ Conventions between `memprobe record` and its readers (report, replay, export):
   header keys  "host" (HostInfo as a dict), "capabilities" (doctor checks), "target" (the
                resolved Target as a dict), "probes" (ProbeStatus dicts, chosen and refused; None
                when eBPF was off), "interval_ns", "argv", "started_wall_ns", "kv_fraction"
-  event kinds  "probes": an events.ProbeReport dict, cumulative since the start except its
+  event kinds  "probes": a probe_report.ProbeReport dict, cumulative since the start except its
                cuda_calls (the calls since the previous report), written when CUDA memory moved and
                at least every 10 s otherwise (the ledger of a sample uses the last one at or before it);
                "target": a follow event (restart, exit) as a dict;
@@ -51,7 +51,7 @@ or by time (index_at), scalar timelines, and events by kind (Events: values deco
 
 Readers open read-only and leave no trace: `immutable=1` when there is no -wal (no writer can
 exist; works on read-only media), `mode=ro` when there is one. Every value read is checked
-against the types the recording conventions give (samples.py, events.py and the shapes below)
+against the types the recording conventions give (samples.py, probe_report.py and the shapes below)
 before anything is built from it, and a sample blob may inflate to MAX_SAMPLE_JSON_BYTES at
 most: a bad file is one RecordingError with a one-line reason, never an exception from deeper down.
 """
@@ -74,7 +74,7 @@ from typing import (Any, Iterable, Iterator, NamedTuple, Optional, TypedDict, Un
                     get_type_hints)
 
 from . import __version__
-from .events import ProbeReport, ProbeStatus
+from .probe_report import ProbeReport, ProbeStatus
 from .samples import CgroupSample, HostInfo, KernelMemory, Sample, sample_from_dict, sample_to_dict
 
 MAGIC = "spark_memprobe recording"
@@ -151,7 +151,7 @@ def _lists(node):
 
 
 # -- the shapes a reader accepts ------------------------------------------------------
-# Dataclasses (samples.py, events.py) are strict: no unknown key, required fields present, as
+# Dataclasses (samples.py, probe_report.py) are strict: no unknown key, required fields present, as
 # their constructors want. Dict shapes (TypedDict) are lenient: a missing key reads as None and
 # unknown keys are ignored; they name only what readers use.
 class _Check(TypedDict):                  # header "capabilities": doctor checks

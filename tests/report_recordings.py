@@ -117,7 +117,7 @@ class MiniRecorder:
         if self.session is not None:
             self.session.poll()
             if time.monotonic() - self.last_report >= 0.25:
-                from spark_memprobe.events import report_to_dict
+                from spark_memprobe.probe_report import report_to_dict
                 rep = self.session.collect()
                 self.w.add_event(rep.ended_mono_ns, "probes", report_to_dict(rep))
                 self.last_report = time.monotonic()

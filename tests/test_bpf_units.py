@@ -13,7 +13,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from spark_memprobe.events import (CudaOutstanding, FaultCount, FaultRegion, MemcgDelta, PageCacheFile,
+from spark_memprobe.probe_report import (CudaOutstanding, FaultCount, FaultRegion, MemcgDelta, PageCacheFile,
                                    ProbeReport, ProbeStatus, report_from_dict, report_to_dict)
 from spark_memprobe.sources.bpf import bccload
 from spark_memprobe.sources.bpf.btf import BTFError, parse_enums, read_enums

@@ -18,7 +18,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixture_loader import load_step, steps
-from spark_memprobe.events import FaultCount, ProbeReport, ProbeStatus
+from spark_memprobe.probe_report import FaultCount, ProbeReport, ProbeStatus
 from spark_memprobe.ledger import LedgerInputs, PageCacheBytes, build_ledger
 from spark_memprobe.views.metrics import (OTHER_FILES, TARGET_LABELS, ExporterStats, TargetMetrics,
                                           build_families, top_files)

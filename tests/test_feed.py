@@ -19,7 +19,7 @@ import pytest
 from fixture_loader import FIXTURES
 from livecg import MiB, LiveCgroup, fresh_file, fstype
 from spark_memprobe.cli.tui import apply_item
-from spark_memprobe.events import PageCacheFile, ProbeReport
+from spark_memprobe.probe_report import PageCacheFile, ProbeReport
 from spark_memprobe.feed import ledger_inputs
 from spark_memprobe.feed.host import open_host
 from spark_memprobe.feed.live import LiveFeed

@@ -8,7 +8,7 @@ import os
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "spark_memprobe")
-NEVER_SOURCES = ["samples.py", "events.py", "recording.py", "ledger", "analysis", "views"]
+NEVER_SOURCES = ["samples.py", "probe_report.py", "recording.py", "ledger", "analysis", "views"]
 NEVER_VIEWS_OR_CLI = ["feed", "analysis"]
 
 

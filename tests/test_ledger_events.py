@@ -1,11 +1,11 @@
-"""eBPF results (spark_memprobe/events.py) as ledger inputs: files named in the page-cache rows,
+"""eBPF results (spark_memprobe/probe_report.py) as ledger inputs: files named in the page-cache rows,
 CUDA bytes per kind in the shmem and driver rows, and nothing invented when a probe did not run."""
 from __future__ import annotations
 
 import os
 
 from fixture_loader import FIXTURES, load_step
-from spark_memprobe.events import CudaOutstanding, PageCacheFile, ProbeReport
+from spark_memprobe.probe_report import CudaOutstanding, PageCacheFile, ProbeReport
 from spark_memprobe.ledger import LedgerInputs, build_ledger, from_probe_report
 
 STEP07 = os.path.join(FIXTURES, "h100-cgroup2-scenario", "steps", "07-managed-1GiB-host-touched")

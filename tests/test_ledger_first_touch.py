@@ -72,7 +72,7 @@ def test_analysis_takes_the_ebpf_report_nearest_the_sample(tmp_path):
     from dataclasses import asdict
 
     from report_recordings import fixture_recording
-    from spark_memprobe.events import CudaOutstanding, ProbeReport, report_to_dict
+    from spark_memprobe.probe_report import CudaOutstanding, ProbeReport, report_to_dict
     from spark_memprobe.feed.replay import ReplayFeed
     from spark_memprobe.recording import Recording, RecordingWriter
 

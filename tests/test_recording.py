@@ -16,7 +16,7 @@ from report_recordings import fixture_recording
 from spark_memprobe.cli import EXIT_BAD_INPUT, main
 from spark_memprobe.recording import (KEYFRAME_EVERY, Recording, RecordingError, RecordingWriter, flatten,
                                       unflatten)
-from spark_memprobe.events import ProbeReport, report_to_dict
+from spark_memprobe.probe_report import ProbeReport, report_to_dict
 from spark_memprobe.feed.replay import ReplayFeed
 from spark_memprobe.samples import CgroupSample, Sample, sample_to_dict
 from spark_memprobe.sources.sampler import PureSampler

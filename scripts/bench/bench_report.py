@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 from fixture_loader import load_step, steps  # noqa: E402
 from report_recordings import read_maps  # noqa: E402
 from spark_memprobe.cli import main  # noqa: E402
-from spark_memprobe.events import (CudaCall, CudaOutstanding, PageCacheFile, ProbeReport, ProbeStatus,  # noqa: E402
+from spark_memprobe.probe_report import (CudaCall, CudaOutstanding, PageCacheFile, ProbeReport, ProbeStatus,  # noqa: E402
                                    report_to_dict)
 from spark_memprobe.recording import Recording, RecordingWriter  # noqa: E402
 

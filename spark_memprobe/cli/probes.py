@@ -50,7 +50,7 @@ def _options(args):
 
 
 def run(args) -> int:
-    from ..events import report_to_dict
+    from ..probe_report import report_to_dict
     from ..sources.bpf import ProbeSession, ProbesUnavailable, base_status, detect
     from ..sources.targets import is_real_dir
     from ..views.probes import render_probe_list, render_report

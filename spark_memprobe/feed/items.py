@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..events import ProbeReport
+from ..probe_report import ProbeReport
 from ..ledger import LedgerInputs, MappedFile, build_ledger, from_probe_report
 from ..samples import CgroupSample, HostInfo, Sample, cgroup_from_dict, kernel_from_dict
 

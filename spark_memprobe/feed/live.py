@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Optional
 
-from ..events import ProbeStatus
+from ..probe_report import ProbeStatus
 from ..sources.bpf import ProbeOptions, ProbeSession, ProbesUnavailable
 from ..sources.capabilities import checks_to_dicts, run_checks
 from ..sources.sampler import open_sampler

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Optional
 
-from ..events import report_to_dict
+from ..probe_report import report_to_dict
 from ..recording import RecordingWriter
 from .items import FeedItem
 

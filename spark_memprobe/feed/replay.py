@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..events import ProbeReport, report_from_dict
+from ..probe_report import ProbeReport, report_from_dict
 from ..recording import KEYFRAME_EVERY, Recording, RecordingError
 from ..samples import Sample
 from .context import HostKernel

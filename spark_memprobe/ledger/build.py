@@ -8,7 +8,7 @@ from .available import decompose_mem_available, free_in_blocks_bytes
 from .cuda import model_cuda_free
 from .derive import derive
 from .facts import facts_from_sample
-from .findings import run_rules
+from .rules import run_rules
 from .inputs import LedgerInputs
 from .kv import kv_budget
 from .model import Ledger

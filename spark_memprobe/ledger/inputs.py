@@ -1,7 +1,7 @@
 """Optional inputs beyond the Sample: eBPF results, the target's file mappings, other cgroups.
 
 Every one is optional; None means "not measured" and the rules that need it say so. The
-eBPF probe types live in spark_memprobe/events.py (sample-type level, not sources/), and
+eBPF probe types live in spark_memprobe/probe_report.py (sample-type level, not sources/), and
 `from_probe_report` turns one ProbeReport into what the ledger uses.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..samples import CgroupSample, KernelMemory, Vmstat
 
-# CUDA allocation kinds the ledger reads (spark_memprobe/events.py CUDA_KINDS)
+# CUDA allocation kinds the ledger reads (spark_memprobe/probe_report.py CUDA_KINDS)
 CUDA_DEVICE_KINDS = ("device", "vmm", "pool")
 CUDA_PINNED = "host-pinned"
 CUDA_MANAGED = "managed"
@@ -56,7 +56,7 @@ def _dev(major: int, minor: int) -> str:
 
 
 def from_probe_report(report, target_pids: list[int], adder_cgroup: Optional[str] = None) -> LedgerInputs:
-    """LedgerInputs from an events.ProbeReport: page cache per file with its owner's path,
+    """LedgerInputs from a probe_report.ProbeReport: page cache per file with its owner's path,
     and the target's outstanding CUDA bytes per kind. Probes that did not run stay None.
 
     adder_cgroup: on hybrid hosts the probes key page cache by cgroup v2 id, while the memory

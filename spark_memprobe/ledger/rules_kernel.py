@@ -112,3 +112,6 @@ def reclaim_stalls(c: Ctx):
     amount = (stolen or 0) * page
     return Finding("reclaim_stalls", f"{(stalls or 0) + (compact or 0)} allocation stalls in direct reclaim or "
                    "compaction", amount, "warning", "high", ev, [SRC_STALL])
+
+
+RULES = [reserve_hides_free, huge_blocks_scarce, reclaim_stalls]

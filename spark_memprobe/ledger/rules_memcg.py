@@ -244,3 +244,6 @@ def charges_without_processes(c: Ctx):
                    f.current, "info", "high", ev, [CG2 + " (Memory Ownership)", "H100 inference fixture step 09"],
                    owners=[Part(f.cg_path, f.current)], rows=[Part("page_cache"), Part("kernel")])
 
+
+RULES = [gpu_uncharged, managed_double_view, driver_kernel_memory, pinned_shmem, first_touch,
+         charges_without_processes]

@@ -119,3 +119,6 @@ def limit_cannot_hold(c: Ctx):
                    "critical" if over else "warning", "high", ev,
                    ["Documentation/admin-guide/cgroup-v2.rst memory.max", "NVML nvmlDeviceGetComputeRunningProcesses"],
                    rows=[Part("gpu_target", f.gpu_target)])
+
+
+RULES = [kv_cache_thief, limit_cannot_hold, uma_tool_sum]

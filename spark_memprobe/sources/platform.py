@@ -72,7 +72,7 @@ def read_host_info(cgroup_layout: Optional[str] = None, nvml=None, gpus=None, cu
     h.driver_version, h.nvml_version, h.cuda_driver_version = v["driver_version"], v["nvml_version"], v["cuda_driver_version"]
     h.gpus = nvml.infos() if not nvml.error else []
     if cuda and h.gpus:
-        from .cuda_probe import integrated_by_uuid, probe_cuda
+        from .cuda_driver import integrated_by_uuid, probe_cuda
         probe = probe_cuda()
         if "error" in probe:
             h.notes.append(f"CUDA attributes not read: {probe['error']}")

@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-from ..events import ProbeReport
+from ..probe_report import ProbeReport
 from ..ledger.inputs import LedgerInputs
 from ..ledger.model import Ledger
 from ..ledger.rules_kernel import STALL_COUNTERS

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..events import ProbeReport, ProbeStatus
+from ..probe_report import ProbeReport, ProbeStatus
 from .fmt import MISSING, fmt_bytes, fmt_int
 
 

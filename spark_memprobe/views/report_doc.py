@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from ..analysis.report import FindingSeen, ReportData
 from ..analysis.timeline import LABELS, Moment, Reason
-from ..ledger.findings import RULES
+from ..ledger.rules import RULES
 from ..ledger.model import Ledger, Row
 from .fmt import MISSING, fmt_bytes, sparkline
 from .svg import Chart, Line, Mark

@@ -15,7 +15,7 @@ from typing import Optional
 from rich.console import Group
 from rich.text import Text
 
-from ..events import ProbeReport
+from ..probe_report import ProbeReport
 from ..ledger.model import Ledger
 from ..samples import HostInfo, Sample
 from .fmt import MISSING, fmt_bytes, sparkline

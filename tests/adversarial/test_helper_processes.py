@@ -13,13 +13,13 @@ import subprocess
 
 import pytest
 
-from spark_memprobe.sources.cuda_probe import probe_cuda
+from spark_memprobe.sources.cuda_driver import probe_cuda
 
 # what the helpers import that a file on sys.path could shadow (standard library modules
 # that are not built in or frozen), and the package the CUDA probe was once run from
 SHADOWED = ["json.py", "ctypes.py", "mmap.py", "signal.py", "subprocess.py", "sitecustomize.py",
             "usercustomize.py", "spark_memprobe/__init__.py", "spark_memprobe/sources/__init__.py",
-            "spark_memprobe/sources/cuda_probe.py"]
+            "spark_memprobe/sources/cuda_driver.py"]
 
 PLANTED_LIB = r"""
 #include <fcntl.h>
@@ -56,7 +56,7 @@ def planted(tmp_path, monkeypatch):
 
 
 def test_cuda_probe_runs_its_own_code_only(planted, monkeypatch):
-    """Attack: root starts memprobe in a directory holding ./spark_memprobe/sources/cuda_probe.py
+    """Attack: root starts memprobe in a directory holding ./spark_memprobe/sources/cuda_driver.py
     (and ./json.py, ./ctypes.py ...), with PYTHONPATH and PYTHONSTARTUP pointing at more, and an
     LD_LIBRARY_PATH with an empty entry next to a planted ./libcuda.so.1; `python -m` put the
     working directory first on the child's sys.path. Defence: the probe child runs its own file

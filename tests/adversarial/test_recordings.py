@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, note, settings, strategies as st
 
 from report_recordings import fixture_recording
 from spark_memprobe.cli import main
-from spark_memprobe.events import (CudaCall, CudaOutstanding, PageCacheFile, ProbeReport, ProbeStatus,
+from spark_memprobe.probe_report import (CudaCall, CudaOutstanding, PageCacheFile, ProbeReport, ProbeStatus,
                                    report_to_dict)
 from spark_memprobe.recording import (EVENTS, HEADER, MAX_SAMPLE_JSON_BYTES, MIN_MAX_BYTES, REMOVED, SCALARS,
                                       Recording, RecordingError, _leaf_type, _shape)

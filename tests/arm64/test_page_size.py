@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from fixture_loader import load_step, step_pids, steps
-from spark_memprobe.events import PageCacheFile, ProbeReport, ProbeStatus, report_from_dict, report_to_dict
+from spark_memprobe.probe_report import PageCacheFile, ProbeReport, ProbeStatus, report_from_dict, report_to_dict
 from spark_memprobe.ledger.build import build_ledger
 from spark_memprobe.sources.sampler import PureSampler
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from spark_memprobe.sources.cgroupfs import CgroupFS
-from spark_memprobe.sources.cuda_probe import probe_cuda
+from spark_memprobe.sources.cuda_driver import probe_cuda
 from spark_memprobe.sources.nvml import NvmlReader
 from spark_memprobe.sources.platform import read_host_info
 from spark_memprobe.sources.sampler import PureSampler

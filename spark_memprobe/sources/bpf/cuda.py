@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from ...events import CUDA_KINDS
+from ...probe_report import CUDA_KINDS
 
 
 @dataclass(frozen=True)

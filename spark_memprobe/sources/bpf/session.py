@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ...events import (CUDA_KINDS, MEMCG_ITEM_STAT_KEYS, CudaCall, CudaOutstanding, FaultCount,
+from ...probe_report import (CUDA_KINDS, MEMCG_ITEM_STAT_KEYS, CudaCall, CudaOutstanding, FaultCount,
                        FaultRegion, MemcgDelta, PageCacheFile, ProbeReport, ProbeStatus,
                        memcg_item_unit)
 from ..background import Background

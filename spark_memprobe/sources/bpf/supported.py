@@ -11,7 +11,7 @@ import platform
 import struct
 from typing import Optional
 
-from ...events import ProbeStatus
+from ...probe_report import ProbeStatus
 from . import bccload
 
 TRACEFS_DIRS = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]

@@ -6,7 +6,7 @@ as a child process that calls cuInit and reads device attributes (no context is 
 with meminfo=True the child also creates the primary context and reads cuMemGetInfo, the
 "free" that engines size their KV cache from, then exits (the context dies with it).
 
-    python -I .../spark_memprobe/sources/cuda_probe.py [--meminfo]    prints one JSON object
+    python -I .../spark_memprobe/sources/cuda_driver.py [--meminfo]    prints one JSON object
 
 The child runs this file as a script in isolated mode (sources/child_process.py), so it
 imports nothing from the working directory, and only the standard library.

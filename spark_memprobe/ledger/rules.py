@@ -1,16 +1,14 @@
-"""Run every rule, keep what each said, rank the findings."""
+"""The rule registry: run every rule, keep what each said, rank the findings.
+
+Each rules_*.py module lists its own rules in RULES, in the order their results are shown; a new
+rule is a function plus one entry there (docs/architecture.md)."""
 from __future__ import annotations
 
+from . import rules_kernel, rules_memcg, rules_uma
 from .model import Finding, RuleResult
 from .rules_common import SEVERITY_ORDER, Ctx, Skip
-from .rules_memcg import (charges_without_processes, driver_kernel_memory, first_touch, gpu_uncharged,
-                          managed_double_view, pinned_shmem)
-from .rules_kernel import huge_blocks_scarce, reclaim_stalls, reserve_hides_free
-from .rules_uma import kv_cache_thief, limit_cannot_hold, uma_tool_sum
 
-RULES = [kv_cache_thief, gpu_uncharged, limit_cannot_hold, managed_double_view, driver_kernel_memory,
-         pinned_shmem, first_touch, uma_tool_sum, charges_without_processes, reserve_hides_free,
-         huge_blocks_scarce, reclaim_stalls]
+RULES = rules_uma.RULES + rules_memcg.RULES + rules_kernel.RULES
 
 
 def rank(findings: list[Finding]) -> list[Finding]:
