@@ -339,7 +339,7 @@ def test_ticker_keeps_its_rate_without_drift_or_catch_up():
 
 # -- the host's page allocator, live and replayed (issue 24) ----------------------------------------
 
-def test_kernel_state_and_earlier_vmstat_reach_the_ledger_and_replay_exactly(tmp_path):
+def test_kernel_state_and_earlier_vmstat_reach_the_ledger_and_replay_exactly(live_cgroup, tmp_path):
     """The live feed reads zoneinfo/buddyinfo/PSI about once a second and keeps the sample of a
     second earlier; the ledger then takes MemAvailable apart (to within what moved between two
     reads) and compares /proc/vmstat; a recording carries the "kernel" event, and the replayed
@@ -349,40 +349,30 @@ def test_kernel_state_and_earlier_vmstat_reach_the_ledger_and_replay_exactly(tmp
     from spark_memprobe.feed.replay import ReplayFeed
     from spark_memprobe.recording import Recording
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a memory cgroup")
+    live_cgroup.start_child()
+    r = Resolver()
+    feed = LiveFeed(r, r.resolve(f"cgroup:{live_cgroup.path}"))
+    rec = Recorder(str(tmp_path / "k.db"), recording_header(feed, 0.1, 0.9))
     try:
-        cg = LiveCgroup()
-    except (RuntimeError, OSError) as e:
-        pytest.skip(f"no memory cgroup can be created here: {e}")
-    try:
-        cg.start_child()
-        r = Resolver()
-        feed = LiveFeed(r, r.resolve(f"cgroup:{cg.path}"))
-        rec = Recorder(str(tmp_path / "k.db"), recording_header(feed, 0.1, 0.9))
-        try:
-            item, t0 = None, time.monotonic()
-            while time.monotonic() - t0 < 5:
-                item, _ = feed.tick()
-                rec.write(item)
-                if item.kernel is not None and item.before is not None:
-                    break
-                time.sleep(0.1)
-        finally:
-            feed.close()
-            rec.close()
-        assert item.kernel is not None and item.before is not None
-        assert 1.0 <= (item.sample.mono_ns - item.before.mono_ns) / 1e9 < 1.5
-        lg = ledger_of(item, feed.header)
-        page = os.sysconf("SC_PAGE_SIZE")
-        assert lg.mem_available is not None and lg.free_in_2mib_blocks_bytes is not None
-        # meminfo comes with the sample, zoneinfo up to a second earlier: pages move in between
-        assert abs(lg.mem_available.difference_bytes) < 64 * MiB, lg.mem_available
-        assert lg.cell("reserve", "host_used") == lg.mem_available.reserve_bytes > 0
-        assert next(x for x in lg.rules if x.rule == "reclaim_stalls").status in ("clear", "raised")
-        replay = ReplayFeed(Recording(str(tmp_path / "k.db")))
-        again = replay.item(len(replay) - 1)
-        assert again.kernel == item.kernel and again.before.mono_ns == item.before.mono_ns
-        assert dataclasses.asdict(ledger_of(again, replay.header)) == dataclasses.asdict(lg)
+        item, t0 = None, time.monotonic()
+        while time.monotonic() - t0 < 5:
+            item, _ = feed.tick()
+            rec.write(item)
+            if item.kernel is not None and item.before is not None:
+                break
+            time.sleep(0.1)
     finally:
-        cg.cleanup()
+        feed.close()
+        rec.close()
+    assert item.kernel is not None and item.before is not None
+    assert 1.0 <= (item.sample.mono_ns - item.before.mono_ns) / 1e9 < 1.5
+    lg = ledger_of(item, feed.header)
+    assert lg.mem_available is not None and lg.free_in_2mib_blocks_bytes is not None
+    # meminfo comes with the sample, zoneinfo up to a second earlier: pages move in between
+    assert abs(lg.mem_available.difference_bytes) < 64 * MiB, lg.mem_available
+    assert lg.cell("reserve", "host_used") == lg.mem_available.reserve_bytes > 0
+    assert next(x for x in lg.rules if x.rule == "reclaim_stalls").status in ("clear", "raised")
+    replay = ReplayFeed(Recording(str(tmp_path / "k.db")))
+    again = replay.item(len(replay) - 1)
+    assert again.kernel == item.kernel and again.before.mono_ns == item.before.mono_ns
+    assert dataclasses.asdict(ledger_of(again, replay.header)) == dataclasses.asdict(lg)
