@@ -15,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
+from .samples import known
+
 
 def host_page_size() -> int:
     """Bytes per page of this host (4 KiB on x86_64; 4, 16 or 64 KiB on arm64): the default for
@@ -212,7 +214,7 @@ def report_to_dict(r: ProbeReport) -> dict:
 
 
 def report_from_dict(d: dict) -> ProbeReport:
-    d = dict(d)
+    d = known(ProbeReport, d)
     for key, cls in _LISTS.items():
         if d.get(key) is not None:
             names = {f.name for f in fields(cls)}

@@ -250,7 +250,8 @@ def _fits(v: Any, hint: Any) -> bool:
                                            for k, x in v.items())
     if dataclasses.is_dataclass(hint):
         hints, required = _shape(hint)
-        return isinstance(v, dict) and required <= v.keys() and all(k in hints and _fits(x, hints[k])
+        # keys a newer version added are ignored (additive schema); known ones must fit
+        return isinstance(v, dict) and required <= v.keys() and all(k not in hints or _fits(x, hints[k])
                                                                     for k, x in v.items())
     if isinstance(hint, type) and issubclass(hint, dict):      # a TypedDict shape
         return isinstance(v, dict) and all(_fits(v.get(k), t) for k, t in _shape(hint)[0].items())
@@ -633,11 +634,11 @@ class Recording:
 
     @property
     def host(self) -> HostInfo:
-        from .samples import GpuInfo, PlatformProfile
-        h = dict(self.header.get("host") or {})
+        from .samples import GpuInfo, PlatformProfile, known
+        h = known(HostInfo, self.header.get("host") or {})
         if h.get("platform") is not None:
-            h["platform"] = PlatformProfile(**h["platform"])
-        h["gpus"] = [GpuInfo(**g) for g in h.get("gpus") or []]
+            h["platform"] = PlatformProfile(**known(PlatformProfile, h["platform"]))
+        h["gpus"] = [GpuInfo(**known(GpuInfo, g)) for g in h.get("gpus") or []]
         return HostInfo(**h)
 
     @property

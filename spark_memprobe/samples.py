@@ -7,7 +7,7 @@ becomes bytes inside sources/ and nowhere else.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
 # A limit file (memory.max, memory.high, v1 memory.limit_in_bytes): bytes, or the
@@ -79,11 +79,18 @@ class KernelMemory:
     pressure: Optional[Pressure] = None
 
 
+def known(cls, d: dict) -> dict:
+    """The keys of d that cls has as fields: a dict written by a newer version with more fields
+    still builds (recordings are additive: docs/record.md)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
 def kernel_from_dict(d: dict) -> KernelMemory:
-    d = dict(d)
-    d["zones"] = [Zone(**z) for z in d.get("zones") or []]
+    d = known(KernelMemory, d)
+    d["zones"] = [Zone(**known(Zone, z)) for z in d.get("zones") or []]
     if d.get("pressure") is not None:
-        d["pressure"] = Pressure(**d["pressure"])
+        d["pressure"] = Pressure(**known(Pressure, d["pressure"]))
     return KernelMemory(**d)
 
 
@@ -216,9 +223,9 @@ def sample_to_dict(s: Sample) -> dict:
 
 def cgroup_from_dict(d: dict) -> CgroupSample:
     """A CgroupSample from its dict, also after JSON (numa_stat node keys back to int)."""
-    cg = dict(d)
+    cg = known(CgroupSample, d)
     if cg.get("pressure") is not None:
-        cg["pressure"] = Pressure(**cg["pressure"])
+        cg["pressure"] = Pressure(**known(Pressure, cg["pressure"]))
     if cg.get("numa_stat") is not None:
         cg["numa_stat"] = {k: {int(n): v for n, v in nodes.items()} for k, nodes in cg["numa_stat"].items()}
     return CgroupSample(**cg)
@@ -226,20 +233,20 @@ def cgroup_from_dict(d: dict) -> CgroupSample:
 
 def sample_from_dict(d: dict) -> Sample:
     """Inverse of sample_to_dict, also for dicts that went through JSON."""
-    d = dict(d)
+    d = known(Sample, d)
     if d.get("meminfo") is not None:
-        d["meminfo"] = Meminfo(**d["meminfo"])
+        d["meminfo"] = Meminfo(**known(Meminfo, d["meminfo"]))
     if d.get("vmstat") is not None:
-        d["vmstat"] = Vmstat(**d["vmstat"])
+        d["vmstat"] = Vmstat(**known(Vmstat, d["vmstat"]))
     if d.get("cgroup") is not None:
         d["cgroup"] = cgroup_from_dict(d["cgroup"])
-    d["processes"] = [ProcessSample(**p) for p in d.get("processes") or []]
+    d["processes"] = [ProcessSample(**known(ProcessSample, p)) for p in d.get("processes") or []]
     if d.get("gpus") is not None:
         gpus = []
         for g in d["gpus"]:
-            g = dict(g)
+            g = known(GpuSample, g)
             if g.get("processes") is not None:
-                g["processes"] = [GpuProcess(**p) for p in g["processes"]]
+                g["processes"] = [GpuProcess(**known(GpuProcess, p)) for p in g["processes"]]
             gpus.append(GpuSample(**g))
         d["gpus"] = gpus
     return Sample(**d)

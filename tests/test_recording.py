@@ -297,3 +297,42 @@ def test_reader_api_by_index_and_time(tmp_path):
         assert ev.between(mono[2], mono[4]) == [{"kind": "restarted", "message": "m3"},
                                                 {"kind": "restarted", "message": "m4"}]
         assert ev[-1].value["message"] == f"m{len(r) - 1}" and ev[-1].kind == "target"
+
+
+def test_fields_a_newer_version_adds_inside_known_values_are_skipped(tmp_path):
+    """Additive inside values too: a newer writer's extra keys in the header's host and GPU
+    facts, in an eBPF report and its entries, in a kernel-state zone and in another cgroup are
+    ignored; what this version knows reads as written."""
+    from spark_memprobe.probe_report import CudaOutstanding, ProbeReport, report_to_dict
+    from spark_memprobe.feed.replay import ReplayFeed
+    from spark_memprobe.samples import KernelMemory, Zone
+
+    host, s = load_step(steps("h100-cgroup2-scenario")[4], "memprobe_fixture")
+    h = asdict(host)
+    h["cpu_model"] = "Grace"                                  # new HostInfo field
+    h["gpus"][0]["hbm_stacks"] = 6                            # new GpuInfo field
+    path = str(tmp_path / "newer-values.db")
+    w = RecordingWriter(path, {"host": h, "interval_ns": 10 ** 8, "probes": []})
+    s.mono_ns = 10 ** 9
+    w.add_sample(s)
+    rep = report_to_dict(ProbeReport(started_mono_ns=0, ended_mono_ns=10 ** 9, cuda=[
+        CudaOutstanding(pid=1, cgroup_id=2, kind="device", outstanding_bytes=4096, allocs=1, frees=0)]))
+    rep["gpu_faults"] = [1, 2]                                # new ProbeReport field
+    rep["cuda"][0]["stream"] = 7                              # new CudaOutstanding field
+    w.add_event(10 ** 9, "probes", rep)
+    k = asdict(KernelMemory(zones=[Zone(node=0, name="Normal", free_pages=10, high_pages=5, managed_pages=100,
+                                        protection_pages=[0], low_pages=3)]))
+    k["zones"][0]["cma_pages"] = 0                            # new Zone field
+    k["thp_enabled"] = "always"                               # new KernelMemory field
+    w.add_event(10 ** 9, "kernel", k)
+    cg = asdict(s.cgroup)
+    cg["tier"] = "cxl"                                        # new CgroupSample field
+    w.add_event(10 ** 9, "other_cgroups", {"cgroups": [cg]})
+    w.close()
+    with Recording(path) as r:
+        assert r.host.gpus[0].uuid == host.gpus[0].uuid and not hasattr(r.host, "cpu_model")
+        item = ReplayFeed(r).item(0)
+        assert item.report.cuda[0].outstanding_bytes == 4096
+        assert item.kernel["zones"][0]["free_pages"] == 10
+    assert main(["report", path, "-o", str(tmp_path / "r.md")]) == 0
+    assert main(["replay", path, "--json"]) == 0
