@@ -12,7 +12,8 @@ def add_parser(sub):
     p = sub.add_parser("replay", help="show a recording: the live screen with pause, step and seek, or JSON")
     p.add_argument("recording", metavar="FILE")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object per sample (sample, ledger, findings); no terminal needed")
+                   help="print one JSON object per sample: index, mono_ns, wall_ns, events, sample and ledger (its "
+                        "rows, columns, findings and KV budget); no terminal needed")
     p.add_argument("--speed", type=positive_number, default=1.0, metavar="X",
                    help="playback speed on the terminal (default 1.0)")
     p.add_argument("--kv-fraction", type=fraction, metavar="F",

@@ -5,6 +5,8 @@ lists that container). Plain aligned columns like `docker ps` (no wrapping, so c
 IDs stay whole and the output can be piped to grep/awk)."""
 from __future__ import annotations
 
+from typing import Optional
+
 from .fmt import MISSING, fmt_bytes
 
 COLUMNS = ("KIND", "ENGINE", "NAME", "ID", "STATE", "MEMORY", "PROCS", "CGROUP")
@@ -36,7 +38,22 @@ def ls_rows(rows: list[dict]) -> list[tuple[str, ...]]:
     return out
 
 
-def render_ls(rows: list[dict], tried: list[str]) -> str:
+def suggestions(largest: list[tuple[str, int]]) -> list[str]:
+    """What else to attach: the demo, a PID, a cgroup path (with the largest memory cgroups
+    found as examples)."""
+    lines = ["", "other ways to attach (docs/attach.md):",
+             "  memprobe attach --demo             a throwaway cgroup holding 64 MiB anon and 64 MiB page cache",
+             "  memprobe attach PID                a process, followed through its memory cgroup",
+             "  memprobe attach cgroup:/PATH       a memory cgroup" + (", e.g. the largest here:" if largest else "")]
+    # a delegated cgroup's name is anyone's text: escape what a terminal would act on
+    lines.extend(f"    memprobe attach cgroup:{''.join(c if c.isprintable() else repr(c)[1:-1] for c in p)}  "
+                 f"({fmt_bytes(b)})" for p, b in largest)
+    return lines
+
+
+def render_ls(rows: list[dict], tried: list[str], largest: Optional[list[tuple[str, int]]] = None) -> str:
+    """`largest`: (path, bytes) of the biggest memory cgroups; given (when nothing was listed or
+    no container engine answered), the other ways to attach follow the table, with those as examples."""
     lines = []
     table = ls_rows(rows)
     if table:
@@ -49,6 +66,8 @@ def render_ls(rows: list[dict], tried: list[str]) -> str:
         lines.extend(fmt(row) for row in table)
     else:
         lines.append("no attachable targets found")
+    if largest is not None:
+        lines.extend(suggestions(largest))
     if tried:
         lines.append("")
         lines.append("asked:")

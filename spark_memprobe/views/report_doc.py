@@ -199,10 +199,50 @@ def attribution(d: ReportData) -> tuple[str, str]:
     return "low", "files and owners were not recorded: page cache is counted, not named"
 
 
+# What fixes each finding, for the verdict's first sentence. The kernel rules (ledger/rules_kernel.py)
+# carry their own as an evidence line starting "remedy:", with the host's numbers in it.
+REMEDIES = {
+    "kv_cache_thief": "size the KV cache from MemAvailable instead of CUDA free, or drop the page cache before "
+                      "the engine starts (sync; echo 1 > /proc/sys/vm/drop_caches)",
+    "limit_cannot_hold": "set memory.max to memory.current plus the GPU allocations, or cap the engine's GPU "
+                         "memory (vLLM --gpu-memory-utilization, llama.cpp -ngl)",
+    "uma_tool_sum": "read host used alone on UMA (MemTotal - MemAvailable): GPU used is already inside it",
+    "gpu_uncharged": "budget GPU memory apart from memory.max: the engine's own cap, or MIG / MPS limits on a "
+                     "discrete card",
+    "managed_double_view": "count memory.current once and never add memory.stat kernel to file_mapped or RssFile",
+    "driver_kernel_memory": "free the managed (cudaMallocManaged) allocations or end the process that made them: "
+                            "reclaim cannot free driver kernel memory",
+    "pinned_shmem": "free pinned host buffers (cudaFreeHost) or leave room for them in memory.max: reclaim cannot "
+                    "drop them",
+    "first_touch": "count those pages in the owner's cgroup, or read the files first from the target so that it "
+                   "owns them",
+    "charges_without_processes": "remove the cgroup, or reclaim its charges (memory.reclaim on cgroup v2, "
+                                 "memory.force_empty on v1)",
+}
+
+
+def remedy(f) -> Optional[str]:
+    """The action that fixes finding f: its own "remedy:" evidence line, else REMEDIES."""
+    own = next((e for e in f.evidence if e.startswith("remedy: ")), None)
+    return own[len("remedy: "):].rstrip(".") if own else REMEDIES.get(f.rule)
+
+
+def cause_sentence(d: ReportData) -> list:
+    """One sentence: what the top-ranked finding says happened, and what fixes it."""
+    top = d.findings[0]
+    f = top.finding
+    what = f.title[:1].upper() + f.title[1:]
+    fix = remedy(f)
+    return [Bold(what), f" (largest finding, {f.rule}, at {ts(top.t_s)})"] + \
+        (["; ", Bold("remedy:"), f" {fix}."] if fix else ["."])
+
+
 def verdict_blocks(d: ReportData) -> list:
     pk = d.peak
     lg = pk.ledger
     out: list = [Heading(2, "Verdict", "verdict")]
+    if d.findings:
+        out.append(Para(cause_sentence(d), "verdict"))
     cur = lg.total("current")
     # what was seen
     seen: list = [Bold(d.target), f" on {d.host.hostname or 'an unnamed host'} (platform: {d.platform}): "
