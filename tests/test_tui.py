@@ -3,6 +3,7 @@ in a real terminal (tmux) against a real cgroup, record / kill -9 / replay throu
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,9 @@ from spark_memprobe.feed import ledger_of
 from spark_memprobe.feed.replay import ReplayFeed
 from spark_memprobe.ledger import build_ledger, ledger_to_dict
 from spark_memprobe.recording import Recording
-from spark_memprobe.views.tui import TuiState, render_screen, trend_point
+from spark_memprobe.ledger.inputs import MappedFile, PageCacheBytes
+from spark_memprobe.views.fmt import fmt_bytes, sparkline
+from spark_memprobe.views.tui import COLUMNS, TuiState, render_screen, trend_point
 
 CLI = [sys.executable, "-m", "spark_memprobe.cli"]
 root = pytest.mark.skipif(os.geteuid() != 0, reason="creating cgroups needs root")
@@ -68,6 +71,83 @@ def test_help_and_pause_are_shown():
     st.paused, st.show_help = True, True
     text = render(st, 100, 40)
     assert "LIVE PAUSED" in text and "p pause/resume" in text
+
+
+def managed_state(n=5):
+    return state_for([s for s in steps("h100-cgroup2-scenario") if "07-managed" in s][0], "memprobe_fixture", n)
+
+
+def test_overlap_cells_carry_the_findings_number_and_the_naive_sum_line():
+    st = managed_state()
+    text = render(st, 160, 50)
+    # finding 2 is the managed double view: every cell of its row carries ², in every view that counts it
+    assert [f.rule for f in st.ledger.findings][1] == "managed_double_view"
+    row = [x for x in text.split("\n") if x.startswith("kernel, not itemised")][0]
+    assert row.count("1 GiB²") == len([k for k, v in st.ledger.row("driver_kernel").cells.items() if v]) == 7, row
+    assert "1 GiB²" not in [x for x in text.split("\n") if x.startswith("anon")][0]
+    # first_touch (⁴) gives its amount in "not charged here" only: the target's own page cache is not marked
+    assert "⁴" in [x for x in text.split("\n") if x.startswith("not charged here")][0]
+    assert "⁴" not in [x for x in text.split("\n") if x.startswith("page cache")][0]
+    # the title shows its number once and its amount once
+    line = [x for x in text.split("\n") if "of managed (UVM)" in x][0]
+    assert line.startswith(" ² 1 GiB of managed") and line.count("1 GiB") == 1 and "2." not in line, line
+    # naive sum: memory.current + NVML procs + RSS as the tools show them; physical: each row once
+    naive = sum(st.ledger.total(k) for k in ("current", "nvml_procs", "rss"))
+    physical = sum(max(r.cells.get(k) or 0 for k in ("current", "nvml_procs", "rss"))
+                   for r in st.ledger.rows if r.parent is None)
+    assert f"naive sum memory.current + NVML procs + RSS = {fmt_bytes(naive)}; physical {fmt_bytes(physical)}; " \
+           f"counted twice {fmt_bytes(naive - physical)}" in text
+    assert fmt_bytes(naive) == "13.5 GiB" and fmt_bytes(physical) == "8.25 GiB"
+    assert "counted twice" in render(st, 80, 24)
+
+
+def test_help_overlay_explains_every_column():
+    st = managed_state()
+    st.show_help = True
+    lines = render(st, 80, 24).rstrip("\n").split("\n")
+    assert len(lines) <= 24 and max(len(x) for x in lines) < 80
+    for _, header in COLUMNS:
+        line = [x for x in lines if x.startswith(header + " ")]
+        assert len(line) == 1 and len(line[0].split(None, 2)[-1]) > 20, (header, lines)
+    assert "where the bytes are counted" not in "\n".join(lines)      # an overlay, not a footnote
+
+
+def test_kv_line_only_where_a_gpu_was_read_and_predictions_say_so():
+    st = managed_state()
+    text = render(st, 160, 50)
+    assert "PREDICTION, not this host: integrated UMA would lose" in text and "applies here" not in text
+    for step, cgroup in ((steps("h100-cgroup2-scenario")[6], "memprobe_fixture"),
+                         (steps("gb10-synthetic")[2], "system.slice/docker-gb10synthetic.scope")):
+        host, s = load_step(step, cgroup)
+        s.gpus = None                                   # NVML not read: nothing to inform
+        st.sample, st.ledger = s, build_ledger(host, s)
+        text = render(st, 160, 50)
+        assert "KV cache at" not in text and "PREDICTION" not in text, step
+
+
+def test_trend_lines_are_scaled_from_zero():
+    st = managed_state(0)
+    for cur in (128 * MiB, 128 * MiB - 164 * 1024) * 10:
+        st.history.append({"current": cur})
+    line = [x for x in render(st, 100, 50).split("\n") if x.startswith("memory.current ")][-1]
+    assert set(line.split()[1]) == {"█"}, line          # a 0.1 % drop stays at full height
+    assert set(sparkline([128 * MiB, 128 * MiB - 164 * 1024] * 10)) == {"█", "▁"}   # the report keeps min..max
+
+
+def test_page_cache_panel_shows_the_targets_files_and_what_it_maps_from_others():
+    st = managed_state()
+    mine, other, dev = "/memprobe_fixture", "/system.slice/other.service", "fd:01"
+    st.page_cache = [PageCacheBytes(mine, 3 * MiB, dev, 11, "/data/model.bin"),
+                     PageCacheBytes(mine, 2 * MiB, dev, 12, None),
+                     PageCacheBytes(other, 5 * MiB, dev, 13, None),
+                     PageCacheBytes(other, 7 * MiB, dev, 14, "/root/.cache/pip/build/x.whl")]
+    st.mapped_files = [MappedFile(pid=1, path="/usr/lib/libcuda.so.1", size_bytes=MiB, dev=dev, inode=13)]
+    text = render(st, 160, 60)
+    panel = text[text.index("page cache by file"):].split("\n")[1:4]
+    assert panel[0].split() == ["3", "MiB", "/data/model.bin"]
+    assert panel[1].split() == ["2", "MiB", "inode", "12", "on", "fd:01"]
+    assert panel[2].split() == ["5", "MiB", "/usr/lib/libcuda.so.1", "[owned", "by", other + "]"]
+    assert "pip" not in text                           # another cgroup's file the target does not map
 
 
 # -- live: attach in tmux, record, replay ----------------------------------------------
@@ -188,6 +268,45 @@ def test_replay_tui_pause_step_seek(cg, tmp_path):
         t.wait_for(f"REPLAY 3/{n} PAUSED")
         t.send("End")
         t.wait_for(f"REPLAY {n}/{n}")
+        t.send("q")
+        assert t.rc() == 0
+    finally:
+        t.close()
+
+
+def colour_of(screen: str, text: str) -> str:
+    """The SGR foreground colour (30-37) in force where text starts on the captured screen."""
+    before = screen[: screen.index(text)]
+    return re.findall(r"\x1b\[(3[0-7])m", before)[-1]
+
+
+@needs_tmux
+def test_replay_of_managed_step_marks_the_overlap_in_colour_and_shows_help(tmp_path):
+    """A real terminal: each finding's cells carry its number in its colour, as its title does; ? shows
+    the columns explained and ? again brings the ledger back."""
+    from report_recordings import fixture_recording
+    from tmuxterm import Tmux
+    path = fixture_recording("h100-cgroup2-scenario", str(tmp_path / "h100.db"))
+    t = Tmux([*CLI, "replay", path], 120, 40)
+    try:
+        t.wait_for("REPLAY", timeout=30)
+        t.send("p")
+        t.send("Home")
+        t.wait_for("REPLAY 1/10 PAUSED")
+        for _ in range(6):
+            t.send("Right")
+        t.wait_for("REPLAY 7/10 PAUSED", "counted twice")         # 07-managed-1GiB-host-touched
+        screen = t.capture(colours=True)
+        row = [x for x in screen.split("\n") if "kernel, not itemised" in x][0]
+        assert re.sub(r"\x1b\[[0-9;]*m", "", row).count("1 GiB²") >= 4, row
+        managed, pinned = colour_of(screen, " ² "), colour_of(screen, " ¹ ")   # the findings list
+        assert colour_of(row, "1 GiB²") == managed != pinned
+        assert colour_of(screen, "1.01 GiB¹") == pinned
+        t.send("?")
+        help_ = t.wait_for("columns (each a view", "Total-Free     host not free", "NVML procs     NVML per-process")
+        assert "where the bytes are counted" not in help_
+        t.send("?")
+        t.wait_for("where the bytes are counted")
         t.send("q")
         assert t.rc() == 0
     finally:

@@ -22,9 +22,10 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", "new-session", "-d", "-s", "t",
                         "-x", str(width), "-y", str(height), "--", *wrapper], env=e, check=True)
 
-    def capture(self) -> str:
-        return subprocess.run(["tmux", "-L", self.sock, "capture-pane", "-p", "-t", "t"], capture_output=True,
-                              text=True).stdout
+    def capture(self, colours: bool = False) -> str:
+        """The screen as text; colours: with the SGR escapes of its colours and attributes (-e)."""
+        return subprocess.run(["tmux", "-L", self.sock, "capture-pane", "-p", *(["-e"] if colours else []), "-t", "t"],
+                              capture_output=True, text=True).stdout
 
     def wait_for(self, *texts: str, timeout: float = 30.0) -> str:
         end = time.monotonic() + timeout

@@ -12,7 +12,8 @@ import time
 import tty
 from typing import Optional
 
-from ..feed import FeedHeader, FeedItem, ledger_of
+from ..feed import FeedHeader, FeedItem, ledger_inputs
+from ..ledger import build_ledger
 from ..feed.ticker import Ticker
 from ..views.tui import TuiState, render_screen, trend_point
 
@@ -72,7 +73,10 @@ def apply_item(st: TuiState, item: FeedItem, header: FeedHeader, kv_fraction: fl
         st.report = item.report
     if item.sample is not None:
         st.sample = item.sample
-        st.ledger = ledger_of(item, header, kv_fraction)
+        # the ledger's inputs once (what feed.ledger_of does): the screen's page-cache panel shows two of them
+        inputs = ledger_inputs(item, header)
+        st.ledger = build_ledger(header.host, item.sample, inputs, kv_fraction=kv_fraction)
+        st.page_cache, st.mapped_files = inputs.page_cache, inputs.mapped_files
         st.history.append(trend_point(item.sample, st.ledger))
 
 

@@ -35,15 +35,18 @@ def fmt_int(n: Optional[int]) -> str:
     return MISSING if n is None else f"{n:,}"
 
 
-def sparkline(ys: list, width: int = 40) -> str:
+def sparkline(ys: list, width: int = 40, from_zero: bool = False) -> str:
     """Unicode sparkline of a series in at most `width` characters (the largest value per
-    character); a space where nothing was read."""
+    character); a space where nothing was read. Scaled min to max, or from zero (from_zero:
+    the live screen, where small changes of a large value must look small)."""
     n = len(ys)
     width = min(width, n)
     vals = [y for y in ys if y is not None]
     if not vals:
         return " " * width
     lo, hi = min(vals), max(vals)
+    if from_zero:
+        lo = min(0, lo)
     out = []
     for b in range(width):
         chunk = [y for y in ys[b * n // width:(b + 1) * n // width] if y is not None]

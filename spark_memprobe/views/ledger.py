@@ -1,5 +1,5 @@
 """Render a Ledger (spark_memprobe/ledger) as Rich tables. Render only: no reading, no arithmetic
-beyond picking what to show.
+beyond picking what to show and the naive sum of views the screen sets against it (naive_sum).
 
 Cells: a blank cell means the view never counts that kind of memory, "0 B" that it counts it
 and there is none, and a dash that the view (or the estimate behind the cell) was not read.
@@ -75,6 +75,25 @@ def mem_available_line(a: Optional[MemAvailableParts], huge: Optional[int], page
     net = a.page_cache_bytes - a.page_cache_kept_bytes + a.reclaimable_kernel_bytes - a.reclaimable_kernel_kept_bytes
     line = f"MemAvail {total}{free} + reclaimable {fmt(net)}" + (blocks and f"; 2M blocks {blocks}")
     return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def naive_sum(ledger: Ledger, columns: list[str]) -> Optional[tuple[list[str], int, int]]:
+    """What adding the views' totals gives and how much of it is counted twice: (the columns
+    read, naive sum, counted twice); None when fewer than two of them were read. A row is one
+    kind of physical memory and each view's cell in it is a part of the same pages (the ledger
+    clips RSS to memory.stat, ledger/table.py), so the row holds max(cells) bytes and every byte
+    beyond that is counted twice:
+        counted twice = sum over top-level rows of (sum(cells) - max(cells))
+        physical      = naive sum - counted twice"""
+    cols = [k for k in columns if ledger.total(k) is not None]
+    if len(cols) < 2:
+        return None
+    twice = 0
+    for r in ledger.rows:
+        if r.parent is None:
+            cells = [r.cells.get(k) or 0 for k in cols]
+            twice += sum(cells) - max(cells)
+    return cols, sum(ledger.total(k) for k in cols), twice
 
 
 def _findings(ledger: Ledger):

@@ -16,21 +16,40 @@ from rich.console import Group
 from rich.text import Text
 
 from ..probe_report import ProbeReport
+from ..ledger.inputs import MappedFile, PageCacheBytes
 from ..ledger.model import Ledger
 from ..samples import HostInfo, Sample
 from .fmt import MISSING, fmt_bytes, sparkline
-from .ledger import mem_available_line
+from .ledger import mem_available_line, naive_sum
 
 # (column key, header) in the order they are dropped when the screen is narrow (last first)
 COLUMNS = [("current", "memory.current"), ("working_set", "docker/k8s"), ("rss", "RSS sum"),
            ("host_used", "Total-Avail"), ("nvml_procs", "NVML procs"), ("cuda_used", "CUDA used"),
            ("stat_kernel", "stat kernel"), ("stat_file_mapped", "stat mapped"), ("host_nofree", "Total-Free"),
            ("nvml_used", "NVML used")]
+# the target's own views a naive tool adds up (cgroup, GPU per process, processes)
+NAIVE_COLUMNS = [("current", "memory.current"), ("nvml_procs", "NVML procs"), ("rss", "RSS")]
 TRENDS = [("memory.current", "current"), ("working set", "working_set"), ("MemAvailable", "MemAvailable"),
           ("MemFree", "MemFree"), ("CUDA free", "cuda_free"), ("NVML used", "nvml_used")]
-HELP = ("keys: q quit   p pause/resume   ? help" +
+HELP = ("keys: q quit   p pause/resume   ? help (again to close)" +
         "\nreplay: ←/→ step   PgUp/PgDn ±10%   Home/End first/last   space pause")
+# what each column counts, one line each (the wording of the ledger's Column titles, ledger/table.py)
+COLUMN_HELP = [
+    ("memory.current", "the cgroup's charged memory (v1: usage_in_bytes)"),
+    ("docker/k8s", "working set of docker stats, kubelet: usage - inactive_file"),
+    ("RSS sum", "sum of VmRSS of the target's processes (ps, top, psutil)"),
+    ("Total-Avail", "host used: MemTotal - MemAvailable (free; nvtop 'used' on UMA)"),
+    ("Total-Free", "host not free: MemTotal - MemFree (what CUDA free sees on UMA)"),
+    ("NVML used", "NVML device used, all GPUs, every process (nvidia-smi)"),
+    ("NVML procs", "NVML per-process GPU memory of the target's PIDs (no managed)"),
+    ("CUDA used", "cudaMemGetInfo total - free, modelled per platform"),
+    ("stat kernel", "memory.stat kernel: slab, stacks, page tables, driver pages"),
+    ("stat mapped", "memory.stat file_mapped: file pages the cgroup's tasks map"),
+]
 SEVERITY_STYLE = {"critical": "bold red", "warning": "bold yellow", "info": "cyan"}
+# a finding's number next to each cell that holds its bytes, one colour per finding
+SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+FINDING_COLOURS = ["bold magenta", "bold cyan", "bold yellow", "bold green", "bold blue", "bold red"]
 
 
 @dataclass
@@ -50,6 +69,8 @@ class TuiState:
     events: list[str] = field(default_factory=list)
     show_help: bool = False
     ended: Optional[str] = None
+    page_cache: Optional[list[PageCacheBytes]] = None   # the ledger's eBPF page cache input; None: not measured
+    mapped_files: Optional[list[MappedFile]] = None      # the target's file mappings; None: not read
 
 
 def trend_point(sample: Sample, ledger: Optional[Ledger]) -> dict:
@@ -87,26 +108,51 @@ def _header(st: TuiState, width: int) -> Text:
     return t
 
 
+def finding_marks(L: Ledger) -> dict[str, list[int]]:
+    """Row key -> the numbers (1-based, as listed) of the findings whose bytes sit in that row: the
+    rows a finding gives an amount for, or all its rows where it gives none (first_touch names
+    the page-cache row without an amount, and its bytes in "not charged here")."""
+    marks: dict[str, list[int]] = {}
+    for i, f in enumerate(L.findings, 1):
+        sized = [p for p in f.rows if p.bytes is not None]
+        for part in sized or f.rows:
+            marks.setdefault(part.name, []).append(i)
+    return marks
+
+
+def _mark(nums: list[int]) -> str:
+    return "".join(str(i).translate(SUPERSCRIPT) for i in nums)
+
+
 def _ledger_table(st: TuiState, width: int, max_rows: int) -> Text:
-    """The ledger as fixed-width text lines (a Rich Table costs several ms per frame)."""
+    """The ledger as fixed-width text lines (a Rich Table costs several ms per frame). Every
+    cell of a row a finding names carries the finding's number, in the finding's colour: the
+    same bytes, shown by several views."""
     L = st.ledger
     label_w, col_w = 20, 12
     ncols = max(2, min(len(COLUMNS), (width - label_w) // col_w))
     have = {c.key for c in L.columns}
     cols = [c for c in COLUMNS if c[0] in have][:ncols]
     hot = {row.name: f.severity for f in L.findings for row in f.rows}     # the rows a finding points at
-    t = Text("where the bytes are counted (rows: kinds of memory, columns: views)\n", style="bold")
+    marks = finding_marks(L)
+    title = "where the bytes are counted (rows: memory kinds, columns: views, ¹²: findings)"
+    t = Text()
+    t.append(title[:width] + "\n", style="bold")
     t.append(f"{'kind':<{label_w}}" + "".join(f"{h:>{col_w}}" for _, h in cols) + "\n", style="bold")
     t.append("─" * (label_w + col_w * len(cols)) + "\n")
     rows = [r for r in L.rows if r.parent is None and any(k in r.cells for k, _ in cols)][:max_rows]
     for r in rows:
         style = SEVERITY_STYLE.get(hot.get(r.key), "")
+        nums = marks.get(r.key, [])
+        mark, colour = _mark(nums), FINDING_COLOURS[(nums[0] - 1) % len(FINDING_COLOURS)] if nums else ""
         t.append(f"{r.label[:label_w]:<{label_w}}", style=style)
         for k, _ in cols:
             if k not in r.cells:
                 t.append(" " * col_w)
             elif r.cells[k] is None:
                 t.append(f"{MISSING:>{col_w}}", style="dim")
+            elif mark and r.cells[k]:
+                t.append(f"{fmt_bytes(r.cells[k]):>{col_w - len(mark)}}{mark}", style=colour)
             else:
                 t.append(f"{fmt_bytes(r.cells[k]):>{col_w}}", style=style)
         t.append("\n")
@@ -124,50 +170,88 @@ def _short(n: Optional[int]) -> str:
 
 def _findings(st: TuiState, width: int, n: int) -> Text:
     L = st.ledger
-    t = Text("findings", style="bold")
+    t = Text()
+    t.append("findings", style="bold")
     if not L.findings:
         t.append(": none raised")
         return t
     for i, f in enumerate(L.findings[:n], 1):
         amount = fmt_bytes(f.bytes)
-        line = f"{i}. {amount:>9}  {f.title}"
-        t.append("\n" + (line if len(line) <= width else line[: width - 1] + "…"),
-                 style=SEVERITY_STYLE.get(f.severity, ""))
+        # titles lead with their amount ("1 GiB of managed ..."): show it once
+        line = f.title if f.title.startswith(amount) else f"{amount:>9}  {f.title}"
+        line = line if len(line) + 4 <= width else line[: width - 5] + "…"
+        # the finding's number, as its cells in the table carry it
+        t.append("\n" + _mark([i]).rjust(2) + " ", style=FINDING_COLOURS[(i - 1) % len(FINDING_COLOURS)])
+        t.append(line, style=SEVERITY_STYLE.get(f.severity, ""))
     if len(L.findings) > n:
         t.append(f"\n   (+{len(L.findings) - n} more; see `memprobe report`)", style="dim")
     return t
 
 
-def _kv(st: TuiState, width: int) -> Text:
+def _naive(st: TuiState, width: int) -> Optional[Text]:
+    """What a tool adding the target's views would show, against the bytes behind them
+    (views/ledger.py naive_sum: each row's bytes once)."""
+    got = naive_sum(st.ledger, [k for k, _ in NAIVE_COLUMNS])
+    if got is None:
+        return None
+    cols, naive, twice = got
+    names = [n for k, n in NAIVE_COLUMNS if k in cols]
+    line = (f"naive sum {' + '.join(names)} = {fmt_bytes(naive)}; physical {fmt_bytes(naive - twice)}; "
+            f"counted twice {fmt_bytes(twice)}")
+    if len(line) > width:
+        line = (f"naive {'+'.join(names)} {_short(naive)}; physical {_short(naive - twice)}; "
+                f"counted twice {_short(twice)}")
+    return Text(line if len(line) <= width else line[: width - 1] + "…", style="bold")
+
+
+def _kv(st: TuiState, width: int) -> Optional[Text]:
+    """The KV-cache budget, where a GPU was read; on hosts where CUDA free does not follow
+    MemFree the loss is what integrated UMA would lose, and says so first."""
     kv = st.ledger.kv
-    what = "PREDICTION if this host were UMA" if kv.prediction else "applies here"
+    if not st.ledger.cuda or kv.cuda_free_bytes is None:
+        return None
     line1 = f"KV cache at {kv.fraction:g} x CUDA free ({fmt_bytes(kv.cuda_free_bytes)}): {fmt_bytes(kv.kv_from_cuda_free_bytes)}"
-    line2 = f"  lost vs MemAvailable: {fmt_bytes(kv.lost_bytes)} ({what})"
-    return Text(f"{line1[:width]}\n{line2[:width]}")
+    t = Text(line1[:width] + "\n")
+    if kv.prediction:
+        line2 = (f"  PREDICTION, not this host: integrated UMA would lose {fmt_bytes(kv.lost_bytes)} of KV vs "
+                 "MemAvailable")
+        t.append(line2[:width], style="italic yellow")
+    else:
+        t.append(f"  KV lost vs MemAvailable: {fmt_bytes(kv.lost_bytes)} (applies here)"[:width])
+    return t
 
 
 def _trends(st: TuiState, width: int, n: int) -> Text:
-    t = Text("trends", style="bold")
+    # scaled from zero: a drop of 164 KiB out of 128 MiB stays at full height
+    t = Text()
+    t.append("trends (bars from 0 to the largest value)", style="bold")
     hist = list(st.history)
     w = max(10, width - 28)
     for name, key in TRENDS[:n]:
         vals = [h.get(key) for h in hist]
         last = vals[-1] if vals else None
-        t.append(f"\n{name:<15}{sparkline(vals[-w:], w)} {fmt_bytes(last):>9}")
+        t.append(f"\n{name:<15}{sparkline(vals[-w:], w, from_zero=True)} {fmt_bytes(last):>9}")
     return t
 
 
 def _files(st: TuiState, width: int, n: int) -> Optional[Text]:
-    r = st.report
-    if r is None or r.page_cache is None:
+    """Page cache of the target's own files, then of the files it maps that other cgroups own
+    (the host's other files are left out). A file is named by its path, by the path the target
+    maps it at, or else as the inode on its device."""
+    if st.page_cache is None:
         return None
-    files = sorted((f for f in r.page_cache if f.net_pages > 0), key=lambda f: -f.net_pages)[:n]
-    t = Text("page cache by file (eBPF)", style="bold")
-    for f in files:
-        owner = f.cgroup_path or r.cgroup_paths.get(f.cgroup_id) or str(f.cgroup_id)
-        t.append(f"\n{fmt_bytes(f.net_bytes):>9}  {(f.path or f'inode {f.inode}')[: width - 30]}  [{owner}]"[:width])
-    if not files:
-        t.append(": nothing added since the probes started")
+    target = st.sample.cgroup.path if st.sample is not None and st.sample.cgroup is not None else None
+    mapped = {(m.dev, m.inode): m.path for m in st.mapped_files or [] if m.inode}
+    mine = [f for f in st.page_cache if f.cgroup is not None and f.cgroup == target]
+    others = [f for f in st.page_cache if f.cgroup != target and (f.dev, f.inode) in mapped]
+    t = Text("page cache by file (eBPF): the target's files, and those it maps that others own"[:width], style="bold")
+    shown = [(f, "") for f in sorted(mine, key=lambda f: -f.bytes)[:n]] + \
+        [(f, f"  [owned by {f.cgroup or 'an unknown cgroup'}]") for f in sorted(others, key=lambda f: -f.bytes)[:n]]
+    for f, owner in shown:
+        name = f.path or mapped.get((f.dev, f.inode)) or f"inode {f.inode} on {f.dev}"
+        t.append(f"\n{fmt_bytes(f.bytes):>9}  {name}{owner}"[:width])
+    if not mine and not others:
+        t.append(": none added since the probes started")
     return t
 
 
@@ -185,13 +269,25 @@ def _cuda(st: TuiState, width: int, n: int) -> Optional[Text]:
     return t
 
 
+def _help(width: int) -> Text:
+    """The ? overlay: keys, then what each column counts."""
+    t = Text(HELP + "\n", style="bold")
+    t.append("columns (each a view of the same memory; a row is one kind of memory):", style="bold")
+    for name, what in COLUMN_HELP:
+        t.append(f"\n{name:<15}{what}"[:width])
+    t.append(f"\n{'cells':<15}blank: never counted there; 0 B: none now; {MISSING}: not read"[:width], style="dim")
+    t.append(f"\n{'¹²…':<15}finding n's cells: the same bytes, in each view counting them"[:width],
+             style="dim")
+    return t
+
+
 def render_screen(st: TuiState, width: int, height: int) -> Group:
     width -= 1          # a line as wide as the terminal wraps there (seen in tmux): keep one column free
     parts: list = [_header(st, width)]
     used = 3 + (1 if st.ended or st.events else 0)
     if st.show_help:
-        parts.append(Text(HELP, style="bold"))
-        used += HELP.count("\n") + 1
+        parts.append(_help(width))
+        return Group(*parts)
     if st.ledger is None:
         parts.append(Text("\nwaiting for the first sample..." if not st.ended else ""))
         return Group(*parts)
@@ -199,22 +295,25 @@ def render_screen(st: TuiState, width: int, height: int) -> Group:
     nfind = min(3 if height < 30 else 6, len(st.ledger.findings))
     find_lines = 1 + nfind + (1 if len(st.ledger.findings) > nfind else 0)
     # the table takes its rows + 4 lines (title, header, rule, totals); keep room for the
-    # findings and the key line at the bottom
+    # naive-sum line, the findings and the key line at the bottom
     L = st.ledger
     shown = [r for r in L.rows if r.parent is None]
     avail = mem_available_line(L.mem_available, L.free_in_2mib_blocks_bytes, L.page_size, _short, width)
-    max_rows = max(3, min(len(shown), height - used - 4 - find_lines - 1 - (avail is not None)))
+    naive = _naive(st, width)
+    max_rows = max(3, min(len(shown), height - used - 4 - find_lines - 1 - (avail is not None) - (naive is not None)))
     table = _ledger_table(st, width, max_rows)
     parts.append(table)
     used += table.plain.count("\n") + 1
-    if avail is not None:
-        parts.append(Text(avail, style="dim"))
-        used += 1
+    for line in (naive, avail and Text(avail, style="dim")):
+        if line is not None:
+            parts.append(line)
+            used += 1
     parts.append(_findings(st, width, nfind))
     used += find_lines
     left = height - used - 1
-    if left >= 2:
-        parts.append(_kv(st, width))
+    kv = _kv(st, width)
+    if left >= 2 and kv is not None:
+        parts.append(kv)
         left -= 2
     if left >= 3:
         n = min(len(TRENDS), left - 1)
