@@ -318,7 +318,7 @@ def main() -> None:
     tail = ("\nOther fixed choices (A): 4 KiB pages; host PIDs {l} and {w} (NSpid 1 and 7 in the container); "
             "driver 580.126.09 and kernel 6.17.0-1008-nvidia as reported on DGX Spark (snowflakedb/ArcticTraining "
             "PR #345; lablup/all-smi issue #80); one NUMA node.\n\n"
-            "`reference/benchmark-spark_runs_flat.csv` is a copy of shared/reference/benchmark-spark "
+            "`reference/benchmark-spark_runs_flat.csv` is a copy of the published runs "
             "(63 runs of github.com/brandonrc/benchmark-spark, MIT licence, flattened with derived columns).\n"
             ).format(l=LAUNCHER, w=WORKER)
     write(os.path.join(DEST, "README.md"), head + rows + tail)

@@ -356,7 +356,7 @@ def test_gb10_kv_model_against_benchmark_spark():
 
 def test_kv_model_reproduces_every_published_run():
     """For every run: engine KV = 0.9 x CUDA free with CUDA free = 119.64 GiB - peak + 0.07 GiB
-    (the offset is TensorRT-LLM's peak accounting, see shared/reference/benchmark-spark)."""
+    (the offset is TensorRT-LLM's peak accounting, see the published runs in gb10-synthetic/reference/)."""
     from spark_memprobe.ledger.kv import kv_budget
     from spark_memprobe.ledger.derive import Derived
     from spark_memprobe.ledger.facts import Facts

@@ -6,7 +6,8 @@ TensorRT-LLM and vLLM size the KV cache from cudaMemGetInfo free times a fractio
 kernel's MemFree (ledger/cuda.py), so every reclaimable byte that MemAvailable would hand
 out is lost to the cache, times the fraction:
     lost = fraction x (MemAvailable - CUDA free)
-Cross-checked on the published DGX Spark runs (shared/reference/benchmark-spark): every run
+Cross-checked on the published DGX Spark runs (github.com/brandonrc/benchmark-spark; a copy
+in tests/fixtures/gb10-synthetic/reference/benchmark-spark_runs_flat.csv): every run
 has kv_cache = 0.9 x (119.64 GiB - peak + ~0.07 GiB), i.e. 0.9 x CUDA free at sizing time.
 
 MemAvailable - MemFree is split the way the kernel builds MemAvailable (mm/show_mem.c

@@ -47,7 +47,7 @@ def kv_cache_thief(c: Ctx):
         title += f", {short(mine.bytes)} of it the target's page cache"
     return Finding("kv_cache_thief", title, kv.lost_bytes, sev, "high", ev,
                    [SRC_CUDA_UMA, "vLLM issue #35313", "llama.cpp PR #17368", "mm/show_mem.c si_mem_available",
-                    "shared/reference/benchmark-spark (kv_cache = 0.9 x (119.64 - peak))"],
+                    "github.com/brandonrc/benchmark-spark, 63 published runs (kv_cache = 0.9 x (119.64 - peak))"],
                    rows=[Part("page_cache", mine.bytes if mine is not None else None)])
 
 
