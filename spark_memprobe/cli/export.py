@@ -260,8 +260,8 @@ class Exporter:
         report = self._report()
         out: list[TargetMetrics] = []
         gpus = host_sample.gpus if host_sample is not None else None     # NVML read once per cycle
-        # the host's page-allocator state was read with the host sample: the targets reuse it
-        for r in self.targets.sample(self.host, gpus, report, kernel_polled=host_sample is not None):
+        # the host's page-allocator state was polled with the host sample: the targets reuse it
+        for r in self.targets.sample(self.host, gpus, report):
             try:
                 t = r.watched.follower.target
                 pids = sorted(p.pid for p in r.item.sample.processes)

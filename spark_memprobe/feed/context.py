@@ -94,7 +94,7 @@ class Context:
 class HostKernel:
     """The host's page-allocator state (sources/zones.py: zoneinfo, buddyinfo, the watermark
     sysctls, PSI), read at most every REPORT_EVERY_S in the caller's thread (host kernel files,
-    about 30 us on the CI VM, that no target can stall), and the newest sample at least
+    0.25 ms with parsing on the CI VM, that no target can stall), and the newest sample at least
     BEFORE_S old, whose /proc/vmstat the ledger compares with (reclaim and compaction stalls)."""
 
     BEFORE_S = 1.0

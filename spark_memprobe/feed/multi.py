@@ -161,13 +161,13 @@ class TargetSet:
             self.add(key, t, label, fixed=False)
 
     # -- one cycle -------------------------------------------------------------------------
-    def sample(self, host: HostInfo, gpus, report, kernel_polled: bool = False) -> list[Reading]:
+    def sample(self, host: HostInfo, gpus, report) -> list[Reading]:
         """Sample every target once: one Reading each that is there now. gpus (NVML, read once
         for the host) go into every sample; report is the eBPF report of this cycle, or None.
         A target that ended is removed; one that is away for now (restarting) is left out.
-        kernel_polled: the caller already polled host_kernel with its own host sample this cycle."""
+        The host's page-allocator state is what the caller last polled into host_kernel (the
+        exporter does it with its host sample, once a cycle)."""
         out = []
-        polled = kernel_polled
         for key, w in list(self.watched.items()):
             try:
                 s, events = w.follower.tick()
@@ -186,9 +186,6 @@ class TargetSet:
             try:
                 if gpus is not None:
                     s.gpus = gpus
-                if not polled:               # the host's page allocator, once a cycle
-                    self.host_kernel.poll(s)
-                    polled = True
                 late = w.context.poll(s, w.follower.target, w.follower.sampler.cgfs)
                 if late:
                     self.say(f"{key}:context", f"{w.label}: {late}")

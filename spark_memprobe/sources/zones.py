@@ -85,7 +85,7 @@ def read_zoneinfo(proc: str = "/proc", buddy: bool = True, page_types: bool = Fa
                   notes: Optional[list[str]] = None) -> list[Zone]:
     """Zones with watermarks; with buddy=True also free blocks per order (/proc/buddyinfo);
     with page_types=True also per migrate type (/proc/pagetypeinfo: root only, and the kernel
-    walks every free list under the zone lock to print it, about 0.5 ms here, so not per tick).
+    walks every free list under the zone lock to print it, 0.45-7 ms on the CI VM, so not per tick).
     Raises OSError or MalformedFile for zoneinfo itself; the others add a note when missing."""
     zones = parse_zoneinfo(read_file(f"{proc}/zoneinfo"), f"{proc}/zoneinfo")
     extra = [("buddyinfo", parse_buddyinfo, "free_blocks")] if buddy else []
