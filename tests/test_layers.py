@@ -15,8 +15,9 @@ NEVER_VIEWS_OR_CLI = ["feed", "analysis"]
 def modules(names=NEVER_SOURCES):
     for name in names:
         path = os.path.join(ROOT, name)
-        if os.path.isdir(path):
-            yield from (os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".py"))
+        if os.path.isdir(path):             # subpackages too (analysis/engines/)
+            for d, _, files in sorted(os.walk(path)):
+                yield from (os.path.join(d, n) for n in sorted(files) if n.endswith(".py"))
         else:
             yield path
 
@@ -25,7 +26,10 @@ def imported(path: str) -> list[str]:
     names = []
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.ImportFrom):
-            names.append("." * node.level + (node.module or ""))
+            base = "." * node.level + (node.module or "")
+            names.append(base)
+            # `from .. import sources` names the package in the imported names
+            names += [f"{base}.{a.name}" if node.module else base + a.name for a in node.names]
         elif isinstance(node, ast.Import):
             names += [a.name for a in node.names]
     return names
