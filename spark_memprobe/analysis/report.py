@@ -22,9 +22,11 @@ from ..ledger.model import Finding, Ledger
 from ..recording import Recording, RecordingError
 from ..samples import HostInfo, Sample
 from .cuda_calls import CudaCallRow, cuda_from_probes
+from .engine_timeline import EngineTimeline, engine_timeline
 from .files import FileRow, files_at_peak
-from .timeline import (GPU_STEPS, SCALAR_STEPS, GpuTrack, Marker, Moment, Series, find_moments, scalar_series,
-                       wanted)
+from .flight import trigger_moments
+from .timeline import (GPU_STEPS, SCALAR_STEPS, GpuTrack, Marker, Moment, Series, burst_notes, burst_track,
+                       find_moments, scalar_series, wanted)
 
 IRRELEVANT_CHECKS = {"container engines", "native sampler"}
 
@@ -78,6 +80,7 @@ class ReportData:
     stopped: Optional[str]
     target_events: list[tuple[float, dict]]
     gpu_series_key: Optional[str] = None    # which series the GPU moments were detected on
+    engine: Optional[EngineTimeline] = None # the engine log's facts and KV comparison (engine_timeline.py)
 
     def moment(self, key: str) -> Optional[Moment]:
         return next((m for m in self.moments if key in m.keys), None)
@@ -156,7 +159,7 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
                                            "live device + vmm + pool bytes of the target's processes, from the "
                                            "last eBPF report at or before each sample", "eBPF CUDA uprobes")
             gpu_key = "cuda_device"
-    moments_at = find_moments(series, gpu_key, times)
+    moments_at = trigger_moments(rec, series, times, find_moments(series, gpu_key, times))
     need = sorted(first | wanted(series, moments_at, n, GPU_STEPS))
     samples.update(rec.samples_at(i for i in need if i not in samples))
     progress(f"{len(samples)} samples rebuilt")
@@ -221,6 +224,12 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
         stopped = v.get("reason") if isinstance(v, dict) else str(v)
         markers.append(Marker((mono - mono0) / 1e9, "recording stopped", "stopped"))
 
+    burst = burst_track(rec, series, mono0)     # burst mode: transient peaks between samples (docs/record.md)
+    if burst is not None:
+        series.update(burst.series)
+        markers += [Marker(p.t_s, f"burst {p.label}", "moment") for p in burst.peaks if p.missed]
+    engine = engine_timeline(rec, host, feed, times, fraction)
+    markers += engine.markers() if engine is not None else []
     interval = header.get("interval_ns")
     data = ReportData(
         path=rec.path, header=header, meta=dict(rec.meta), host=host, n=n, times=times, wall0_ns=wall0,
@@ -229,9 +238,10 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
         series=series, markers=sorted(markers, key=lambda m: m.t_s), moments=moments, findings=findings,
         scanned=len(need), files=files, files_source=files_source, cuda_kinds=cuda_kinds, cuda_calls=cuda_calls,
         cuda_calls_total=cuda_total, probes=header.get("probes"), capabilities=header.get("capabilities"),
-        not_measured=[], notes=[], stopped=stopped, target_events=target_events, gpu_series_key=gpu_key)
+        not_measured=[], notes=[], stopped=stopped, target_events=target_events, gpu_series_key=gpu_key,
+        engine=engine)
     data.not_measured = _not_measured(data, gpu.read, bool(feed.reports), bool(feed.mapped), bool(feed.others))
-    data.notes = _notes(samples, moments)
+    data.notes = (burst_notes(burst) if burst is not None else []) + _notes(samples, moments)
     return data
 
 

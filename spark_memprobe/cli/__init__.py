@@ -16,9 +16,10 @@ from typing import Optional
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_MISSING, EXIT_BAD_INPUT, EXIT_OUTPUT = range(8)
 EXIT_INTERRUPTED = 130
+EXIT_PREFLIGHT_FAILS = 8   # preflight: the engine is predicted to refuse to start (or get no KV cache)
 FORCE_AFTER_S = 5.0        # a signal this long after the first ends memprobe without its cleanup
 
-SUBCOMMANDS = ["snapshot", "doctor", "ls", "attach", "record", "replay", "report", "probes", "export"]
+SUBCOMMANDS = ["snapshot", "doctor", "ls", "attach", "record", "replay", "report", "probes", "export", "evict", "preflight", "ab", "engine-log"]
 
 _first_signal: Optional[float] = None
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroup-root", default="/sys/fs/cgroup", help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
-        mod = importlib.import_module(f".{name}", __name__)
+        mod = importlib.import_module(f".{name.replace('-', '_')}", __name__)
         sp = mod.add_parser(sub)
         sp.set_defaults(_run=mod.run)
     return p

@@ -32,7 +32,8 @@ class Recorder:
         self._probes_ns = 0
         self._context: dict = {}
 
-    def write(self, item: FeedItem) -> None:
+    def write(self, item: FeedItem, flat: Optional[dict] = None) -> None:
+        """flat: the sample already flattened (RecordingWriter.add_sample)."""
         mono = item.sample.mono_ns if item.sample is not None else time.monotonic_ns()
         for e in item.events:
             self.w.add_event(mono, "target", e)
@@ -52,7 +53,16 @@ class Recorder:
                     self.w.add_event(mono, kind, value)
                 self._context[kind] = value
         if item.sample is not None:
-            self.w.add_sample(item.sample)
+            self.w.add_sample(item.sample, flat)
+
+    def add_engine_facts(self, facts) -> None:
+        """engine_facts.EngineFact read from the engine's log, each at its line's own time when
+        it has one from the last day (mapped onto the monotonic clock), else now."""
+        now_mono, now_wall = time.monotonic_ns(), time.time()
+        for f in facts:
+            age_s = now_wall - f.wall_s if f.wall_s is not None else None
+            mono = now_mono - int(age_s * 1e9) if age_s is not None and 0 <= age_s < 86400 else now_mono
+            self.w.add_event(mono, "engine_fact", asdict(f))
 
     @property
     def samples(self) -> int:
@@ -70,6 +80,10 @@ class Recorder:
 
     def size_bytes(self) -> int:
         return self.w.size_bytes()
+
+    def commit(self) -> None:
+        """Commit now (the flight recorder does every second, whatever it wrote)."""
+        self.w.commit()
 
     def close(self) -> Optional[str]:
         """Commit and close; returns why a -wal is left, if one is."""

@@ -142,6 +142,14 @@ class Engine:
         """Fresh state of one container (by its full ID). Raises KeyError when it is gone."""
         return self._bounded(f"inspect {c.short_id}", lambda: self._inspect(c))
 
+    def logs(self, c: ContainerInfo, tail: int) -> str:
+        """The container's own log, its last `tail` lines, each after the engine's RFC 3339
+        timestamp (sources/engine_log.py reads it); bounded by deadline_s like every request."""
+        return self._bounded(f"logs of {c.short_id}", lambda: self._logs(c, tail))
+
+    def _logs(self, c: ContainerInfo, tail: int) -> str:
+        raise EngineUnavailable(self.name, "container logs are not read through this engine")
+
     def _containers(self, all: bool) -> list[ContainerInfo]:
         raise NotImplementedError
 
@@ -241,6 +249,16 @@ class DockerAPIEngine(Engine):
         except Exception as e:  # noqa: BLE001 - requests' connection errors are not DockerException
             raise EngineUnavailable(self.name, f"{self.endpoint} stopped answering: {_one_line(e)}")
 
+    def _logs(self, c: ContainerInfo, tail: int) -> str:
+        from docker.errors import DockerException
+        try:
+            raw = self.api.logs(c.id, stdout=True, stderr=True, timestamps=True, tail=tail)
+        except DockerException as e:
+            raise EngineUnavailable(self.name, f"logs of {c.short_id} failed: {_one_line(e)}")
+        except Exception as e:  # noqa: BLE001 - requests' connection errors are not DockerException
+            raise EngineUnavailable(self.name, f"{self.endpoint} stopped answering: {_one_line(e)}")
+        return raw.decode("utf-8", "replace")
+
     def close(self) -> None:
         try:
             self.api.close()
@@ -306,6 +324,10 @@ class PodmanCLIEngine(Engine):
                                      image=r.get("Image"), labels=dict(r.get("Labels") or {}),
                                      exit_code=r.get("ExitCode") if r.get("Exited") else None))
         return out
+
+    def _logs(self, c: ContainerInfo, tail: int) -> str:
+        # the container's stdout only: _run keeps podman's stderr for its own errors
+        return _run([self.bin, "logs", "--timestamps", "--tail", str(tail), "--", c.id], "podman", self.env)
 
     def _inspect(self, c: ContainerInfo) -> ContainerInfo:
         argv = [self.bin, "inspect", "--type", "container", "--format", "json", "--", c.id]

@@ -165,6 +165,9 @@ def build_report(d: ReportData) -> Document:
            + f" · host {host.hostname or MISSING}, kernel {host.kernel or MISSING}, platform {d.platform}")
     blocks: list = []
     blocks += verdict_blocks(d)
+    if d.engine is not None:        # the engine's own log (analysis/engine_timeline.py) ends the verdict
+        blocks += [Para([Bold("Engine log: "), " ".join(d.engine.sentences)], "verdict")]
+        blocks += [Para([Bold("Remedy: "), r], "verdict") for r in d.engine.remedies]
     blocks += findings_blocks(d)
     blocks += moments_blocks(d)
     blocks += timeline_blocks(d)
@@ -452,6 +455,8 @@ def _why(r: Reason, times: list[float]) -> str:
                 f"{secs(times[r.top])}): a file read, a model load, an allocation")
     if r.key in ("peak", "gpu_peak"):
         return f"highest {r.series} of the run"
+    if r.key == "trigger":                 # a flight recorder's trigger: its sentence (analysis/flight.py)
+        return r.series
     return {"start": "first sample", "end": "last sample"}[r.key]
 
 
@@ -651,7 +656,7 @@ def timeline_blocks(d: ReportData) -> list:
     out.append(Para(["Numbered dashed lines mark the moments and events listed below the charts. "
                      "A gap in a line is a value that was not read."], "muted"))
     charts = [
-        ("The target cgroup", [("current", False), ("working_set", True), ("anon", False), ("file", False),
+        ("The target cgroup", [("current", False), ("current_burst", True), ("working_set", True), ("anon", False), ("file", False),
                                ("shmem", False), ("kernel", False), ("file_mapped", True)]),
         ("The host (/proc/meminfo)", [("mem_total", True), ("mem_available", False), ("mem_free", False),
                                       ("host_used", False)]),
