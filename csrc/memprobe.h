@@ -104,8 +104,40 @@ const char *mp_status_key(int idx);
 
 int mp_sample_once(struct mp_target *t, struct mp_sample *out);
 
-int mp_sampler_start(struct mp_target *t, int64_t interval_ns, int capacity);
+/* Ring flags.  NVML is left out of the ring unless asked for: one NVML query takes
+ * longer than a 1 ms tick (docs/record.md, burst mode). */
+#define MP_RING_NVML 1
+int mp_sampler_start(struct mp_target *t, int64_t interval_ns, int capacity, int flags);
 int mp_sampler_drain(struct mp_target *t, struct mp_sample *out, int max, uint64_t *dropped);
+
+/* Burst records (docs/record.md).  A sample as one vector of int64 "raw" values, in this
+ * order; what a sample does not hold (keys past nkeys, processes past nprocs) is 0:
+ *   mono_ns, wall_ns, read_ns; per slot (enum mp_slot) err, nkeys, bad_lines, truncated;
+ *   meminfo[], vmstat[], cg_stat[], cg_events[]; cg_current, cg_peak, cg_max, cg_high,
+ *   cg_swap, cg_failcnt, cg_kmem; pressure[]; nprocs; per process pid, err, nkeys,
+ *   bad_lines, truncated, status[].  GPUs are not in it.
+ * A batch of n samples packs into columns, little-endian, zlib left to the caller:
+ *   u32 MP_PACK_VERSION, u32 n, u32 ncols, then per column that is not 0 throughout:
+ *   u32 index, u32 nchanges, i64 first value, u32 position[nchanges] (1..n-1),
+ *   i64 delta[nchanges] (new value minus the previous one). */
+#define MP_PACK_VERSION 1
+#define MP_RAW_MONO 0
+#define MP_RAW_HDR 3
+#define MP_RAW_MEMINFO 51
+#define MP_RAW_VMSTAT 179
+#define MP_RAW_CGSTAT 563
+#define MP_RAW_CGEVENTS 723
+#define MP_RAW_SINGLE 739
+#define MP_RAW_PRESSURE 746
+#define MP_RAW_NPROCS 754
+#define MP_RAW_PROCS 755
+#define MP_RAW_PROC_STRIDE 13
+#define MP_RAW_LEN 1587
+#define MP_PACK_MAX 256
+int64_t mp_pack_bound(int n);
+int64_t mp_pack(const struct mp_sample *in, int n, uint8_t *out, int64_t outlen);
+int64_t mp_sampler_drain_packed(struct mp_target *t, uint8_t *out, int64_t outlen, int max,
+                                int *nsamples, uint64_t *dropped);
 int mp_sampler_stop(struct mp_target *t);
 int64_t mp_sampler_cpu_ns(struct mp_target *t);
 

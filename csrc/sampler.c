@@ -47,6 +47,8 @@ struct mp_target {
     int running;
     int stop;
     int64_t interval_ns;
+    int ring_flags;
+    int64_t *raw;                         /* MP_PACK_MAX raw vectors: the drainer's, outside ring_lock */
     pthread_mutex_t ring_lock;
     pthread_cond_t wake;
     struct mp_sample *ring;
@@ -146,6 +148,7 @@ void mp_target_free(struct mp_target *t)
     pthread_mutex_destroy(&t->ring_lock);
     pthread_cond_destroy(&t->wake);
     free(t->ring);
+    free(t->raw);
     free(t->buf);
     free(t);
 }
@@ -298,7 +301,7 @@ static void read_single(struct mp_target *t, int slot, int64_t *val, struct mp_f
         *val = MP_MISSING;
 }
 
-int mp_sample_once(struct mp_target *t, struct mp_sample *s)
+static int sample_into(struct mp_target *t, struct mp_sample *s, int nvml)
 {
     struct mp_filehdr ph;
     int full, n;
@@ -352,7 +355,7 @@ int mp_sample_once(struct mp_target *t, struct mp_sample *s)
             p->status[k] = MP_MISSING;
     }
 
-    if (t->nvml_on) {
+    if (t->nvml_on && nvml) {
         s->nvml_err = 0;
         s->ngpus = mp_nvml_read(&t->nvml, s->gpus, MP_GPUS_MAX);
         if (s->ngpus < 0) {
@@ -360,12 +363,17 @@ int mp_sample_once(struct mp_target *t, struct mp_sample *s)
             s->ngpus = 0;
         }
     } else {
-        s->nvml_err = -ENODATA;
+        s->nvml_err = -ENODATA;         /* not read: no NVML, or a ring without MP_RING_NVML */
         s->ngpus = 0;
     }
     s->read_ns = now_ns(CLOCK_MONOTONIC) - s->mono_ns;
     pthread_mutex_unlock(&t->lock);
     return 0;
+}
+
+int mp_sample_once(struct mp_target *t, struct mp_sample *s)
+{
+    return sample_into(t, s, 1);
 }
 
 /* ---- sampling thread and ring ---- */
@@ -393,7 +401,7 @@ static void *sampler_main(void *arg)
         pthread_mutex_unlock(&t->ring_lock);
 
         c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
-        mp_sample_once(t, &t->scratch);
+        sample_into(t, &t->scratch, t->ring_flags & MP_RING_NVML);
         pthread_mutex_lock(&t->ring_lock);
         {
             int slot = (t->head + t->count) % t->cap;
@@ -419,7 +427,7 @@ static void *sampler_main(void *arg)
     return NULL;
 }
 
-int mp_sampler_start(struct mp_target *t, int64_t interval_ns, int capacity)
+int mp_sampler_start(struct mp_target *t, int64_t interval_ns, int capacity, int flags)
 {
     int rc;
 
@@ -437,6 +445,7 @@ int mp_sampler_start(struct mp_target *t, int64_t interval_ns, int capacity)
     t->cpu_ns = 0;
     t->stop = 0;
     t->interval_ns = interval_ns;
+    t->ring_flags = flags;
     rc = pthread_create(&t->thr, NULL, sampler_main, t);
     if (rc) {
         free(t->ring);
@@ -498,4 +507,175 @@ int mp_parse_kv_buffer(const char *buf, int len, char *keys_out, int64_t *vals_o
         return -EINVAL;
     mp_parse_kv(buf, len, 0, &tab, vals_out, hdr);
     return tab.n;
+}
+
+/* ---- burst records: raw vectors packed into columns (layout in memprobe.h) ---- */
+
+static void hdr_raw(const struct mp_filehdr *h, int64_t *v)
+{
+    v[0] = h->err;
+    v[1] = h->nkeys;
+    v[2] = h->bad_lines;
+    v[3] = h->truncated;
+}
+
+static void kv_raw(const int64_t *vals, const struct mp_filehdr *h, int max, int64_t *v)
+{
+    int n = h->nkeys < 0 ? 0 : (h->nkeys > max ? max : h->nkeys);
+    memcpy(v, vals, (size_t)n * sizeof(int64_t));      /* keys past nkeys stay 0 */
+}
+
+static void to_raw(const struct mp_sample *s, int64_t *v)
+{
+    int np = s->nprocs < 0 ? 0 : (s->nprocs > MP_PROCS_MAX ? MP_PROCS_MAX : s->nprocs);
+
+    memset(v, 0, MP_RAW_LEN * sizeof(int64_t));
+    v[MP_RAW_MONO] = s->mono_ns;
+    v[MP_RAW_MONO + 1] = s->wall_ns;
+    v[MP_RAW_MONO + 2] = s->read_ns;
+    for (int i = 0; i < MP_NSLOTS; i++)
+        hdr_raw(&s->hdr[i], v + MP_RAW_HDR + 4 * i);
+    kv_raw(s->meminfo, &s->hdr[MP_SLOT_MEMINFO], MP_MEMINFO_KEYS, v + MP_RAW_MEMINFO);
+    kv_raw(s->vmstat, &s->hdr[MP_SLOT_VMSTAT], MP_VMSTAT_KEYS, v + MP_RAW_VMSTAT);
+    kv_raw(s->cg_stat, &s->hdr[MP_SLOT_CG_STAT], MP_CGSTAT_KEYS, v + MP_RAW_CGSTAT);
+    kv_raw(s->cg_events, &s->hdr[MP_SLOT_CG_EVENTS], MP_CGEVENTS_KEYS, v + MP_RAW_CGEVENTS);
+    v[MP_RAW_SINGLE + 0] = s->cg_current;
+    v[MP_RAW_SINGLE + 1] = s->cg_peak;
+    v[MP_RAW_SINGLE + 2] = s->cg_max;
+    v[MP_RAW_SINGLE + 3] = s->cg_high;
+    v[MP_RAW_SINGLE + 4] = s->cg_swap;
+    v[MP_RAW_SINGLE + 5] = s->cg_failcnt;
+    v[MP_RAW_SINGLE + 6] = s->cg_kmem;
+    memcpy(v + MP_RAW_PRESSURE, s->pressure, sizeof(s->pressure));
+    v[MP_RAW_NPROCS] = np;
+    for (int i = 0; i < np; i++) {
+        int64_t *p = v + MP_RAW_PROCS + MP_RAW_PROC_STRIDE * i;
+        p[0] = s->procs[i].pid;
+        hdr_raw(&s->procs[i].status_hdr, p + 1);
+        memcpy(p + 5, s->procs[i].status, sizeof(s->procs[i].status));
+    }
+}
+
+_Static_assert(MP_RAW_MEMINFO == MP_RAW_HDR + 4 * MP_NSLOTS, "raw layout");
+_Static_assert(MP_RAW_VMSTAT == MP_RAW_MEMINFO + MP_MEMINFO_KEYS, "raw layout");
+_Static_assert(MP_RAW_CGSTAT == MP_RAW_VMSTAT + MP_VMSTAT_KEYS, "raw layout");
+_Static_assert(MP_RAW_CGEVENTS == MP_RAW_CGSTAT + MP_CGSTAT_KEYS, "raw layout");
+_Static_assert(MP_RAW_SINGLE == MP_RAW_CGEVENTS + MP_CGEVENTS_KEYS, "raw layout");
+_Static_assert(MP_RAW_PRESSURE == MP_RAW_SINGLE + 7, "raw layout");
+_Static_assert(MP_RAW_NPROCS == MP_RAW_PRESSURE + MP_PRESSURE_VALUES, "raw layout");
+_Static_assert(MP_RAW_PROC_STRIDE == 5 + MP_STATUS_KEYS, "raw layout");
+_Static_assert(MP_RAW_LEN == MP_RAW_PROCS + MP_RAW_PROC_STRIDE * MP_PROCS_MAX, "raw layout");
+
+/* little-endian whatever the host (the format is read by Python's struct '<') */
+static uint8_t *put32(uint8_t *p, uint32_t x)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(x >> (8 * i));
+    return p + 4;
+}
+
+static uint8_t *put64(uint8_t *p, int64_t x)
+{
+    uint64_t u = (uint64_t)x;
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(u >> (8 * i));
+    return p + 8;
+}
+
+int64_t mp_pack_bound(int n)
+{
+    return 12 + (int64_t)MP_RAW_LEN * (16 + 12 * (int64_t)(n > 0 ? n : 0));
+}
+
+/* n raw vectors (row after row) -> columns; bytes written or -ENOSPC */
+static int64_t pack_raw(const int64_t *m, int n, uint8_t *out, int64_t outlen)
+{
+    int32_t nchg[MP_RAW_LEN];
+    int64_t need = 12;
+    uint32_t ncols = 0;
+    uint8_t *p = out;
+
+    memset(nchg, 0, sizeof(nchg));
+    for (int i = 1; i < n; i++) {
+        const int64_t *a = m + (size_t)(i - 1) * MP_RAW_LEN, *b = a + MP_RAW_LEN;
+        for (int c = 0; c < MP_RAW_LEN; c++)
+            nchg[c] += a[c] != b[c];
+    }
+    for (int c = 0; c < MP_RAW_LEN; c++)
+        if (nchg[c] || (n > 0 && m[c] != 0)) {
+            ncols++;
+            need += 16 + 12 * (int64_t)nchg[c];
+        }
+    if (need > outlen)
+        return -ENOSPC;
+    p = put32(p, MP_PACK_VERSION);
+    p = put32(p, (uint32_t)n);
+    p = put32(p, ncols);
+    for (int c = 0; c < MP_RAW_LEN; c++) {
+        uint8_t *pos, *dv;
+        if (!nchg[c] && (n == 0 || m[c] == 0))
+            continue;
+        p = put32(p, (uint32_t)c);
+        p = put32(p, (uint32_t)nchg[c]);
+        p = put64(p, m[c]);
+        pos = p;
+        dv = p + 4 * (size_t)nchg[c];
+        p = dv + 8 * (size_t)nchg[c];
+        if (!nchg[c])
+            continue;
+        for (int i = 1; i < n; i++) {     /* column c down the rows: only columns that changed */
+            int64_t a = m[(size_t)(i - 1) * MP_RAW_LEN + c], b = m[(size_t)i * MP_RAW_LEN + c];
+            if (a != b) {
+                pos = put32(pos, (uint32_t)i);
+                dv = put64(dv, (int64_t)((uint64_t)b - (uint64_t)a));
+            }
+        }
+    }
+    return p - out;
+}
+
+int64_t mp_pack(const struct mp_sample *in, int n, uint8_t *out, int64_t outlen)
+{
+    int64_t *m, rc;
+
+    if (n < 0)
+        return -EINVAL;
+    m = malloc(((size_t)n + 1) * MP_RAW_LEN * sizeof(int64_t));
+    if (!m)
+        return -ENOMEM;
+    for (int i = 0; i < n; i++)
+        to_raw(&in[i], m + (size_t)i * MP_RAW_LEN);
+    rc = pack_raw(m, n, out, outlen);
+    free(m);
+    return rc;
+}
+
+/* Take up to max (at most MP_PACK_MAX) samples off the ring and pack them.  One drainer at a
+ * time: the raw vectors are built outside ring_lock, so the sampler thread waits only for
+ * the copies. */
+int64_t mp_sampler_drain_packed(struct mp_target *t, uint8_t *out, int64_t outlen, int max,
+                                int *nsamples, uint64_t *dropped)
+{
+    int n = 0;
+
+    if (!t->ring)
+        return -EINVAL;
+    if (max > MP_PACK_MAX || max < 0)
+        max = MP_PACK_MAX;
+    if (outlen < mp_pack_bound(max))
+        return -ENOSPC;
+    if (!t->raw && !(t->raw = malloc((size_t)MP_PACK_MAX * MP_RAW_LEN * sizeof(int64_t))))
+        return -ENOMEM;
+    pthread_mutex_lock(&t->ring_lock);
+    while (n < max && t->count > 0) {
+        to_raw(&t->ring[t->head], t->raw + (size_t)n * MP_RAW_LEN);
+        n++;
+        t->head = (t->head + 1) % t->cap;
+        t->count--;
+    }
+    if (dropped)
+        *dropped = t->dropped;
+    pthread_mutex_unlock(&t->ring_lock);
+    *nsamples = n;
+    return pack_raw(t->raw, n, out, outlen);
 }

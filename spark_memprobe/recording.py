@@ -10,6 +10,9 @@ Layout (schema 1; `sqlite3 run.db .schema` shows it):
       sample. The scalar columns repeat a few raw readings so that sqlite3 users and report
       timelines need not decode blobs.
   events(seq, mono_ns, kind, value)       JSON, e.g. eBPF aggregates
+  bursts(seq, mono_first, mono_last, n, layout, dropped, data)   burst mode only (docs/record.md):
+      zlib of n raw samples packed in columns by the native sampler (csrc/memprobe.h), read
+      through the "burst_layout" event whose id is `layout`; `dropped` counts the ring's overruns
 Files written before this layout may also hold an empty `targets` table: readers ignore it.
 
 The schema only grows: a reader skips header keys, sample fields and event kinds it does not
@@ -36,7 +39,12 @@ Conventions between `memprobe record` and its readers (report, replay, export):
                sample uses the last one at or before it;
                "kernel": a samples.KernelMemory dict (zones with watermarks and free blocks per
                order, the watermark sysctls, host PSI), read about once a second; a sample uses
-               the last one at or before it (ledger LedgerInputs.kernel).
+               the last one at or before it (ledger LedgerInputs.kernel);
+               "engine_fact": an engine_facts.EngineFact dict, one per fact the inference engine's
+               own log told (sources/engine_log.py), at the time it was read (docs/engine-log.md);
+               "trigger": why the flight recorder raised its rate ({"kind": "oom_kill", "max",
+               "psi", "exit", "restart" or "available", "message", "target", "label", "wall_ns",
+               "facts"}); header "flight" then says which rotated file this is (docs/flight-recorder.md).
 
 Journal: WAL while recording, committed at least once a second, so a kill -9 loses at most the
 last second and leaves the rest in run.db plus run.db-wal (readers read the pair). A clean close
@@ -67,6 +75,8 @@ import os
 import re
 import sqlite3
 import stat
+import struct
+import sys
 import time
 import urllib.parse
 import zlib
@@ -74,11 +84,13 @@ from typing import (Any, Iterable, Iterator, NamedTuple, Optional, TypedDict, Un
                     get_type_hints)
 
 from . import __version__
+from .engine_facts import EngineFact
 from .probe_report import ProbeReport, ProbeStatus
-from .samples import CgroupSample, HostInfo, KernelMemory, Sample, sample_from_dict, sample_to_dict
+from .samples import CgroupSample, HostInfo, KernelMemory, Sample, sample_from_dict
 
 MAGIC = "spark_memprobe recording"
 SCHEMA_VERSION = 1
+ROW_OVERHEAD_BYTES = 64        # a sample row's columns and b-tree cell beside its blob
 KEYFRAME_EVERY = 600
 COMMIT_EVERY_S = 1.0
 REMOVED = {"__removed__": 1}       # a path present in the previous sample and gone now
@@ -117,18 +129,32 @@ class RecordingError(Exception):
 
 # -- flattening ---------------------------------------------------------------------
 def flatten(obj: Any, prefix: str = "", out: Optional[dict] = None) -> dict:
-    """Nested dicts/lists -> {path: leaf}. List items are '#i', dict keys are str(key);
-    empty containers are leaves."""
+    """Nested dicts/lists/dataclasses -> {path: leaf}. List items are '#i', dict keys are str(key),
+    dataclass fields their names; empty containers are leaves. A dataclass reads as the dict
+    asdict() gives, without asdict's deep copies (four fifths of add_sample's time before)."""
     out = {} if out is None else out
+    names = _field_names(type(obj))
+    if names is not None:
+        obj = {n: getattr(obj, n) for n in names}
     if isinstance(obj, dict) and obj:
-        for k, v in obj.items():
-            flatten(v, f"{prefix}/{k}" if prefix else str(k), out)
+        items = obj.items()
     elif isinstance(obj, list) and obj:
-        for i, v in enumerate(obj):
-            flatten(v, f"{prefix}/#{i}" if prefix else f"#{i}", out)
+        items = ((f"#{i}", v) for i, v in enumerate(obj))
     else:
         out[prefix] = obj
+        return out
+    for k, v in items:
+        path = f"{prefix}/{k}" if prefix else str(k)
+        if v is None or type(v) in (int, float, str, bool):       # a leaf: no call
+            out[path] = v
+        else:
+            flatten(v, path, out)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> Optional[tuple[str, ...]]:
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
 
 
 def unflatten(flat: dict) -> Any:
@@ -202,11 +228,22 @@ class _OtherCgroups(TypedDict):           # event "other_cgroups"
     cgroups: list[CgroupSample]
 
 
+class _Trigger(TypedDict):                # event "trigger" (flight recorder, feed/flight.py)
+    kind: str
+    message: str
+    target: Optional[str]
+    label: Optional[str]
+    wall_ns: Optional[int]
+    facts: Optional[dict[str, Any]]
+
+
 HEADER = {"host": Optional[HostInfo], "capabilities": Optional[list[_Check]], "target": Optional[_Target],
           "probes": Optional[list[ProbeStatus]], "interval_ns": Optional[int], "argv": Optional[list[str]],
-          "started_wall_ns": Optional[int], "kv_fraction": Optional[float], "pid": Optional[int]}
+          "started_wall_ns": Optional[int], "kv_fraction": Optional[float], "pid": Optional[int],
+          "flight": Optional[dict[str, Any]]}
 EVENTS = {"probes": ProbeReport, "target": _TargetEvent, "recording_stopped": _Stopped,
-          "mapped_files": _MappedFiles, "other_cgroups": _OtherCgroups, "kernel": KernelMemory}
+          "mapped_files": _MappedFiles, "other_cgroups": _OtherCgroups, "kernel": KernelMemory,
+          "engine_fact": EngineFact, "trigger": _Trigger}
 _INDEX = re.compile(r"#[0-9]+")
 _INT_KEY = re.compile(r"-?[0-9]+")
 _shapes: dict = {}
@@ -392,6 +429,9 @@ class RecordingWriter:
         self.prev: Optional[dict] = None
         self.n = 0
         self.saved = 0                 # samples committed: what a reader will find
+        # bytes not yet committed: SQLite writes them to the -wal only at COMMIT, so the size
+        # bound counts them itself (a fast writer can add thousands of samples a second)
+        self.pending_bytes = 0
         self.last_commit = time.monotonic()
 
     def _start(self, header: dict) -> None:
@@ -428,17 +468,18 @@ class RecordingWriter:
             self.path_ids[p] = cur.lastrowid
 
     @_writes
-    def add_sample(self, s: Sample) -> bool:
-        """Append one sample. False when the size bound stopped the recording."""
+    def add_sample(self, s: Sample, flat: Optional[dict] = None) -> bool:
+        """Append one sample. False when the size bound stopped the recording. flat: flatten(s)
+        when the caller has it (the flight recorder flattens the host's part once for all targets)."""
         if self.full:
             return False
-        if self.max_bytes is not None and self.size_bytes() >= self.max_bytes:
+        if self._over_bound():
             self.full = True
             self.add_event(s.mono_ns, "recording_stopped",
                            {"reason": f"size bound of {self.max_bytes} bytes reached"})
             self.commit()
             return False
-        flat = flatten(sample_to_dict(s))
+        flat = flatten(s) if flat is None else flat
         self._ids(flat)
         key = self.prev is None or self.n % KEYFRAME_EVERY == 0
         if key:
@@ -451,8 +492,27 @@ class RecordingWriter:
         self.db.execute(f"INSERT INTO samples(seq, mono_ns, wall_ns, keyframe, data, {', '.join(SCALARS)}) "
                         f"VALUES (?, ?, ?, ?, ?{', ?' * len(SCALARS)})",
                         [self.n, s.mono_ns, s.wall_ns, int(key), blob, *scal])
+        self.pending_bytes += len(blob) + ROW_OVERHEAD_BYTES
         self.prev = flat
         self.n += 1
+        self._maybe_commit()
+        return True
+
+    @_writes
+    def add_burst(self, mono_first: int, mono_last: int, n: int, layout: int, dropped: int, packed: bytes) -> bool:
+        """Append one batch of burst samples (csrc/memprobe.h packing). False at the size bound."""
+        if self.full:
+            return False
+        if self._over_bound():
+            self.full = True
+            self.add_event(mono_first, "recording_stopped", {"reason": f"size bound of {self.max_bytes} bytes reached"})
+            self.commit()
+            return False
+        self.db.execute("CREATE TABLE IF NOT EXISTS bursts(seq INTEGER PRIMARY KEY, mono_first INTEGER, "
+                        "mono_last INTEGER, n INTEGER, layout INTEGER, dropped INTEGER, data BLOB)")
+        self.db.execute("INSERT INTO bursts(mono_first, mono_last, n, layout, dropped, data) VALUES (?, ?, ?, ?, ?, ?)",
+                        (mono_first, mono_last, n, layout, dropped, blob := zlib.compress(packed, 1)))
+        self.pending_bytes += len(blob) + ROW_OVERHEAD_BYTES
         self._maybe_commit()
         return True
 
@@ -466,6 +526,9 @@ class RecordingWriter:
     def set_header(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO header VALUES (?, ?)", (key, json.dumps(value, default=str)))
 
+    def _over_bound(self) -> bool:
+        return self.max_bytes is not None and self.size_bytes() + self.pending_bytes >= self.max_bytes
+
     def _maybe_commit(self) -> None:
         if time.monotonic() - self.last_commit >= COMMIT_EVERY_S:
             self.commit()
@@ -474,6 +537,7 @@ class RecordingWriter:
     def commit(self) -> None:
         self.db.execute("COMMIT")
         self.saved = self.n
+        self.pending_bytes = 0
         self.last_commit = time.monotonic()
         self.db.execute("BEGIN")
 
@@ -783,6 +847,10 @@ class Recording:
                                      f"integer: {r})")
         return rows
 
+    def bursts(self) -> "Bursts":
+        """The burst samples (none in a recording made without burst mode)."""
+        return Bursts(self)
+
     def events(self, kind: Optional[str] = None) -> "Events":
         """Events of one kind (None: every kind) in order; values decoded on access."""
         return Events(self, kind)
@@ -823,6 +891,108 @@ class Step:
             return self.rec.build_sample({paths[pid]: v for pid, v in self.flat.items()})
         ids = self.rec._select((*fields, "mono_ns", "wall_ns"))
         return self.rec.build_sample({paths[pid]: v for pid, v in self.flat.items() if pid in ids})
+
+
+class Bursts:
+    """Burst-mode batches of a recording: full-resolution series of single fields, decoded from
+    the packed columns only for the paths asked for (csrc/memprobe.h gives the packing)."""
+
+    def __init__(self, rec: Recording):
+        self.rec = rec
+        try:
+            has = rec.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bursts'").fetchone()
+            rows = rec.db.execute("SELECT seq, n, layout, dropped FROM bursts ORDER BY seq").fetchall() if has else []
+        except sqlite3.DatabaseError as e:
+            raise RecordingError(f"{rec.path}: corrupt recording ({e})") from None
+        if not all(type(x) is int for r in rows for x in r):
+            raise RecordingError(f"{rec.path}: corrupt recording (a burst row that is not integers)")
+        self.rows = rows
+        self.layouts = {}
+        for ev in rec.events("burst_layout") if rows else []:
+            if not (isinstance(ev.value, dict) and type(ev.value.get("id")) is int
+                    and isinstance(ev.value.get("fields"), dict)):
+                raise RecordingError(f"{rec.path}: corrupt 'burst_layout' event")
+            self.layouts[ev.value["id"]] = ev.value
+
+    def __len__(self) -> int:
+        """Samples in all batches."""
+        return sum(r[1] for r in self.rows)
+
+    @property
+    def dropped(self) -> int:
+        """Samples the ring overwrote before they were drained (cumulative, so the last row's)."""
+        return self.rows[-1][3] if self.rows else 0
+
+    def series(self, paths: list[str]) -> tuple[list[int], dict[str, list]]:
+        """(mono_ns of every burst sample, {path: value per sample}) for flattened Sample paths
+        (e.g. "cgroup/current_bytes"); None where the field was not read."""
+        mono: list[int] = []
+        out: dict[str, list] = {p: [] for p in paths}
+        for seq, n, lid, _ in self.rows:
+            lay = self.layouts.get(lid)
+            if lay is None:
+                raise RecordingError(f"{self.rec.path}: corrupt recording (burst batch {seq}: no layout {lid})")
+            want = {p: lay["fields"].get(p) for p in paths}
+            at = lay["fields"].get("mono_ns")
+            cols = self._columns(seq, n, {i for i in (at, *want.values()) if type(i) is int})
+            if at not in cols:
+                raise RecordingError(f"{self.rec.path}: corrupt burst batch {seq} (no times)")
+            mono.extend(cols[at])
+            for p, i in want.items():
+                vals = cols.get(i, [0] * n) if type(i) is int else [None] * n
+                out[p].extend(_burst_value(lay, p, v) for v in vals)
+        return mono, out
+
+    def _columns(self, seq: int, n: int, wanted: set) -> dict[int, list[int]]:
+        import array
+        import itertools
+        try:
+            blob = self.rec.db.execute("SELECT data FROM bursts WHERE seq = ?", (seq,)).fetchone()[0]
+            z = zlib.decompressobj()
+            data = z.decompress(blob, MAX_SAMPLE_JSON_BYTES * 8)
+            if not z.eof:
+                raise ValueError("truncated or too large")
+            version, count, ncols = struct.unpack_from("<III", data, 0)
+            if version != 1 or count != n:
+                raise ValueError(f"version {version}, {count} samples for {n}")
+            at, cols = 12, {}
+            for _ in range(ncols):
+                idx, nchg, first = struct.unpack_from("<IIq", data, at)
+                at += 16
+                if idx in wanted:
+                    pos, dv = array.array("I"), array.array("q")
+                    pos.frombytes(data[at:at + 4 * nchg])
+                    dv.frombytes(data[at + 4 * nchg:at + 12 * nchg])
+                    if len(dv) != nchg:
+                        raise ValueError("cut column")
+                    if sys.byteorder != "little":
+                        pos.byteswap()
+                        dv.byteswap()
+                    vals, v, last = [], first, 0
+                    for p, d in zip(pos, dv):
+                        if not last < p < n:
+                            raise ValueError(f"change at {p} of {n}")
+                        vals.extend(itertools.repeat(v, p - last))
+                        v, last = (v + d + (1 << 63)) % (1 << 64) - (1 << 63), p     # int64 wrap, as C wrote it
+                    vals.extend(itertools.repeat(v, n - last))
+                    cols[idx] = vals
+                at += 12 * nchg
+            if at > len(data):
+                raise ValueError("cut batch")
+        except (sqlite3.DatabaseError, zlib.error, struct.error, ValueError, TypeError) as e:
+            raise RecordingError(f"{self.rec.path}: corrupt burst batch {seq} ({e})") from None
+        return cols
+
+
+def _burst_value(lay: dict, path: str, v: int) -> Any:
+    """A raw burst value as the Sample field holds it (sources/native.py burst_layout)."""
+    if v == lay.get("missing"):
+        return None
+    if path in lay.get("limits", ()) and (v == lay.get("unlimited") or v >= (lay.get("limit_floor") or 1 << 63)):
+        return "max"
+    if path in lay.get("hundredths", ()):
+        return v / 100
+    return v
 
 
 class Event(NamedTuple):

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Sampler benchmark: one full sample of host + one cgroup + 8 processes, measured side by
 side in one run: raw pread of the same files (the floor, in C), the native sampler, the
-pure-Python sampler, and psutil's nearest equivalent. Then the native loop at 1 kHz.
+pure-Python sampler, and psutil's nearest equivalent. Then the native loop at 1 kHz as burst
+mode runs it (C ring, drained every 100 ms into packed batches, zlib, SQLite), next to the floor's
+CPU at the same rate.
 
-    sudo .venv/bin/python scripts/bench/bench_sampler.py [--iters 2000] [--sustain 60]
+    sudo .venv/bin/python scripts/bench/bench_sampler.py [--iters 2000] [--sustain 20]
 
 Creates a throwaway memory cgroup with 8 sleeping processes (removed at exit)."""
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import uuid
 
 import psutil
 
+from spark_memprobe.recording import RecordingWriter, flatten
 from spark_memprobe.sources.cgroupfs import CgroupFS
 from spark_memprobe.sources.sampler import PureSampler
 
@@ -47,7 +51,7 @@ def floor_us(files, iters):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=2000)
-    ap.add_argument("--sustain", type=float, default=60.0, help="seconds of the 1 kHz run (0: skip)")
+    ap.add_argument("--sustain", type=float, default=20.0, help="seconds of the 1 kHz run (0: skip)")
     ap.add_argument("--procs", type=int, default=8)
     a = ap.parse_args()
 
@@ -76,7 +80,10 @@ def main():
         rows = [("raw pread of the same files (floor, C)", fl)]
         if native:
             rows.append(("native sampler: C read + parse (mp_sample_once)", timeit(lambda: lib.mp_sample_once(native.t, native._buf), a.iters)))
-            rows.append(("native sampler + conversion to a Python Sample", timeit(native.sample, a.iters // 4)))
+            rows.append(("native sampler + conversion to a Python Sample (fields built when read)",
+                         timeit(native.sample, a.iters // 4)))
+            rows.append(("native sampler + conversion, every field built (flatten, as record writes it)",
+                         timeit(lambda: flatten(native.sample()), a.iters // 4)))
         rows.append(("pure-Python sampler (same files, fds kept open)", timeit(pure.sample, a.iters // 4)))
         procs = [psutil.Process(p.pid) for p in sleepers]
         stat = f"{d}/memory.stat"
@@ -94,37 +101,15 @@ def main():
         u = os.uname()
         print(f"host {u.nodename} kernel {u.release} {u.machine}, {os.cpu_count()} CPUs, cgroup layout "
               f"{cgfs.layout.mode} (memory v{cgfs.layout.memory_version}), {len(pure.pids)} processes, "
-              f"{len(files)} files per sample, {a.iters} iterations, median of 5 runs")
+              f"{len(files)} files per sample, {a.iters} iterations, median of 5 runs; other work may share this "
+              f"machine: compare the ratios of one run")
         print(f"\n| what | us per sample | x floor |\n|---|---:|---:|")
         for name, us in rows:
             print(f"| {name} | {us:.1f} | {us / fl:.2f} |")
         print("\nfloor per file (us):", ", ".join(f"{os.path.basename(os.path.dirname(f)) + '/' if '/proc/' in f and f.count('/') > 2 else ''}{os.path.basename(f)} {us:.1f}" for us, f in per))
 
         if native and a.sustain > 0:
-            n_ok, gaps = 0, []
-            t0, c0 = time.monotonic(), os.times()
-            native.start(0.001, capacity=4096)
-            last = None
-            while time.monotonic() - t0 < a.sustain:
-                time.sleep(0.1)
-                for s in native.drain():
-                    n_ok += 1
-                    if last is not None:
-                        gaps.append((s.mono_ns - last) / 1e6)
-                    last = s.mono_ns
-            native.stop()
-            for s in native.drain():
-                n_ok += 1
-            wall = time.monotonic() - t0
-            c1 = os.times()
-            proc_cpu = (c1.user - c0.user + c1.system - c0.system) / wall * 100
-            thr_cpu = native.cpu_seconds() / wall * 100
-            gaps.sort()
-            print(f"\n1 kHz for {wall:.0f} s: {n_ok} samples ({n_ok / wall:.0f}/s), {native.dropped} dropped; "
-                  f"sampler thread {thr_cpu:.1f} % of one core; whole process incl. draining and building "
-                  f"Python Samples {proc_cpu:.1f} %; tick interval p50 {gaps[len(gaps) // 2]:.3f} ms, "
-                  f"p99 {gaps[int(len(gaps) * 0.99)]:.3f} ms")
-            print(f"the floor alone at 1 kHz: {fl / 10:.1f} % of one core")
+            sustain(native, a.sustain, fl)
         pure.close()
         if native:
             native.close()
@@ -138,6 +123,45 @@ def main():
                 break
             except OSError:
                 time.sleep(0.05)
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def sustain(native, seconds: float, floor_us: float) -> None:
+    """1 kHz as `record --interval 1ms` runs it: the C ring, drained every 100 ms into packed
+    batches written to a recording (feed/burst.py without the 10 Hz LiveFeed tick)."""
+    with tempfile.TemporaryDirectory() as d:
+        w = RecordingWriter(os.path.join(d, "b.db"), {"interval_ns": 100_000_000})
+        w.add_event(0, "burst_layout", {"id": 1, **native.burst_layout()})
+        n_ok, nbytes = 0, 0
+        t0, c0 = time.monotonic(), cpu_s()
+        native.start(0.001, capacity=2000, nvml=False)
+        while time.monotonic() - t0 < seconds:
+            time.sleep(0.1)
+            while True:
+                k, packed = native.drain_packed()
+                if not k:
+                    break
+                w.add_burst(0, 0, k, 1, native.dropped, packed)
+                n_ok, nbytes = n_ok + k, nbytes + len(packed)
+        native.stop()
+        k, packed = native.drain_packed()
+        n_ok += k
+        wall = time.monotonic() - t0
+        proc_cpu = (cpu_s() - c0) / wall * 100
+        w.close()
+        size = os.path.getsize(os.path.join(d, "b.db"))
+    thr_cpu = native.cpu_seconds() / wall * 100
+    floor_cpu = floor_us * n_ok / wall / 1e4
+    print(f"\n| 1 kHz for {wall:.0f} s (burst mode: ring, packed batches, SQLite) | value |\n|---|---:|")
+    print(f"| samples / dropped | {n_ok} ({n_ok / wall:.0f}/s) / {native.dropped} |")
+    print(f"| the floor alone at that rate, % of one core | {floor_cpu:.1f} |")
+    print(f"| sampler thread, % of one core | {thr_cpu:.1f} ({thr_cpu / floor_cpu:.2f}x floor) |")
+    print(f"| whole process, % of one core | {proc_cpu:.1f} (**{proc_cpu / floor_cpu:.2f}x floor**) |")
+    print(f"| recording | {size / n_ok:.0f} bytes/sample ({nbytes / n_ok:.0f} packed before zlib) |")
 
 
 if __name__ == "__main__":

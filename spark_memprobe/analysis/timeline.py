@@ -26,7 +26,7 @@ GPU_STEPS = ("nvml_used", "nvml_target")
 # the sample fields the GPU series need (recording.py Step.sample)
 GPU_FIELDS = ("gpus", "processes/*/pid", "cgroup/path", "cgroup/version", "cgroup/procs")
 LABELS = {"start": "start", "rise": "largest rise", "model_load": "model load", "kv_sizing": "KV-cache sizing",
-          "peak": "peak", "gpu_peak": "GPU peak", "end": "end"}
+          "peak": "peak", "gpu_peak": "GPU peak", "end": "end", "trigger": "trigger"}
 
 
 @dataclass
@@ -265,3 +265,74 @@ def wanted(series: dict[str, Series], moments_at: list, n: int, keys) -> set[int
     moments with the samples before their rises."""
     out = set(range(n)) if n <= SCAN_ALL_BELOW else candidates(series, moments_at, n, keys)
     return out | {m[0] for m in moments_at} | {m[4] for m in moments_at if m[4] is not None}
+
+
+# burst mode (docs/record.md): (series key, flattened Sample path, label) of the peaks looked for
+BURST_FIELDS = (("current", "cgroup/current_bytes", "memory.current"), ("anon", "cgroup/stat/anon", "stat anon"),
+                ("mem_available", "meminfo/bytes/MemAvailable", "MemAvailable"))
+
+
+@dataclass
+class BurstPeak:
+    key: str                        # the screen-rate series it is compared with
+    label: str
+    bytes: int                      # at the burst peak (MemAvailable: its lowest)
+    t_s: float
+    screen: Optional[int]           # the screen-rate series' peak (lowest for MemAvailable)
+
+    @property
+    def missed(self) -> Optional[int]:
+        """How far the burst peak lies beyond what the screen-rate samples saw, when that is more
+        than RAMP_STEP (smaller differences are the host's noise between two samples)."""
+        if self.screen is None:
+            return None
+        d = self.screen - self.bytes if self.key == "mem_available" else self.bytes - self.screen
+        return d if d > RAMP_STEP else None
+
+
+@dataclass
+class BurstTrack:
+    samples: int
+    dropped: int
+    interval_s: Optional[float]
+    peaks: list[BurstPeak]
+    series: dict[str, Series]
+
+
+def burst_track(rec: Recording, series: dict[str, Series], mono0: int) -> Optional[BurstTrack]:
+    """The burst samples' peaks against the screen-rate series; None without burst samples."""
+    b = rec.bursts()
+    if not len(b):
+        return None
+    mono, vals = b.series([p for _, p, _ in BURST_FIELDS])
+    times = [(m - mono0) / 1e9 for m in mono]
+    peaks, out = [], {}
+    for key, path, label in BURST_FIELDS:
+        v = vals[path]
+        low = key == "mem_available"
+        i = argmax([-x if x is not None else None for x in v] if low else v)
+        if i is None:
+            continue
+        scr = [x for x in series[key].values if x is not None] if key in series else []
+        peaks.append(BurstPeak(key, label, v[i], times[i], (min(scr) if low else max(scr)) if scr else None))
+    cur = vals["cgroup/current_bytes"]
+    if any(x is not None for x in cur):
+        out["current_burst"] = Series("current_burst", "memory.current (burst)", cur, times,
+                                      "memory.current at every burst sample", "record --interval under 10ms")
+    burst = rec.header.get("burst")
+    iv = burst.get("interval_ns") if isinstance(burst, dict) else None
+    return BurstTrack(len(b), b.dropped, iv / 1e9 if isinstance(iv, int) else None, peaks, out)
+
+
+def burst_notes(t: BurstTrack) -> list[str]:
+    every = f" every {t.interval_s * 1000:g} ms" if t.interval_s else ""
+    out = [f"burst mode: {t.samples} samples{every} in the recording, {t.dropped} dropped by the sampler's ring"
+           + (" (the recording fell behind: those instants are missing)" if t.dropped else "")]
+    for p in t.peaks:
+        what = "lowest" if p.key == "mem_available" else "peak"
+        line = f"burst {what} of {p.label}: {p.bytes / MiB:.1f} MiB at {p.t_s:.3f} s"
+        if p.missed:
+            line += (f", {p.missed / MiB:.1f} MiB beyond the screen-rate samples' {what} ({p.screen / MiB:.1f} MiB): "
+                     f"a transient between two samples")
+        out.append(line)
+    return out

@@ -13,6 +13,7 @@ NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 DURATION = re.compile(rf"{NUMBER}|(?:{NUMBER}d)?(?:{NUMBER}h)?(?:{NUMBER}m(?!s))?(?:{NUMBER}s)?(?:{NUMBER}ms)?")
 PART = re.compile(rf"({NUMBER})(ms|d|h|m|s)?")
 MIN_INTERVAL_S = 0.01          # the sampling loop's floor
+MIN_BURST_S = 0.0001           # record's burst mode: the native sampler's floor (csrc/sampler.c, 10 kHz)
 MAX_DURATION_S = 366 * 86400.0  # beyond a year is a typo, and time.sleep() overflows near 292 years
 
 
@@ -40,6 +41,11 @@ def duration(text: str) -> float:
 def interval(text: str) -> float:
     """A duration between samples: at least 10 ms."""
     return _seconds(text, MIN_INTERVAL_S)
+
+
+def burst_interval(text: str) -> float:
+    """A duration between samples for `record`: under 10 ms is burst mode (docs/record.md), down to 0.1 ms."""
+    return _seconds(text, MIN_BURST_S)
 
 
 def _finite(text: str) -> float:

@@ -100,10 +100,15 @@ class BaseSampler:
             self._identity[key] = (cg, self.identity(pid)[1])
         return self._identity[key]
 
+    def truncated_note(self) -> Optional[str]:
+        if self.pids_truncated:
+            return (f"{self.pids_truncated} more processes in the cgroup than the "
+                    f"{PROCS_MAX} followed per tick; their RSS is not in the sum")
+        return None
+
     def finish(self, s: Sample) -> Sample:
         if self.pids_truncated:
-            s.notes.append(f"{self.pids_truncated} more processes in the cgroup than the "
-                           f"{PROCS_MAX} followed per tick; their RSS is not in the sum")
+            s.notes.append(self.truncated_note())
         for p in s.processes:
             p.comm, p.ns_pids = self.identity(p.pid)
         for g in s.gpus or []:

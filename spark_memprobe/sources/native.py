@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import fields
 from typing import Optional
 
 from .._native import ffi, lib  # ImportError when not built: callers fall back
-from ..samples import GpuProcess, GpuSample, ProcessSample, Sample, Vmstat
+from ..samples import GpuProcess, GpuSample, Meminfo, ProcessSample, Sample, Vmstat
 from .base_sampler import BaseSampler
-from .cgroupfs import cgroup_sample_from_raw
+from .cgroupfs import V1_STAT_TO_V2, V1_UNLIMITED_FLOOR, cgroup_sample_from_raw
 from .parse import KvParse
-from .procfs import MALFORMED_KV, STATUS_FIELDS, meminfo_from_kv, note_kv_problems, status_fields
+from .procfs import MALFORMED_KV, STATUS_FIELDS, note_kv_problems
 
 MISSING = lib.MP_MISSING
 UNLIMITED = lib.MP_UNLIMITED
@@ -40,6 +41,66 @@ NVML_ERRORS = {1: "UNINITIALIZED", 2: "INVALID_ARGUMENT", 3: "NOT_SUPPORTED", 4:
 GPU_PROC_KINDS = ("compute", "graphics", "mps")
 
 
+KV_SLOTS = [(role, SLOTS[role]) for role in KV_FIELDS]
+STATUS_ORDER = [STATUS_KEYS.index(k) for k in STATUS_FIELDS]      # ProcessSample's field order
+LAZY = ("meminfo", "vmstat", "cgroup", "processes", "gpus")       # in the order their notes come
+
+
+class _Lazy:
+    """A Sample field that a NativeSample builds from its C struct when it is first read."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        d = obj.__dict__
+        if self.name not in d:
+            obj._build(self.name)
+        return d[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = value
+
+
+class NativeSample(Sample):
+    """A Sample of the native sampler. A tick costs the C read and this object; meminfo, vmstat,
+    the cgroup, processes, GPUs and notes are built from the tick's own struct mp_sample when
+    first read (the 1 kHz loop and callers that read a few fields build nothing else). Built, it
+    equals the Sample PureSampler reads (tests/test_parity.py); the struct is freed once all are."""
+
+    meminfo = _Lazy()
+    vmstat = _Lazy()
+    cgroup = _Lazy()
+    processes = _Lazy()
+    gpus = _Lazy()
+    notes = _Lazy()
+
+    def __init__(self, sampler: "NativeSampler", c):
+        self.__dict__.update(mono_ns=c.mono_ns, wall_ns=c.wall_ns, read_ns=c.read_ns, _src=(sampler, c, {}))
+
+    def _build(self, name: str) -> None:
+        sampler, c, notes = self.__dict__["_src"]
+        d = self.__dict__
+        for field in LAZY if name == "notes" else (name,):
+            if field not in d:
+                notes[field] = []
+                d[field] = sampler.build(field, c, notes[field])
+        if name == "notes":
+            d["notes"] = [n for field in LAZY for n in notes.get(field, [])]
+            if sampler.pids_truncated:
+                d["notes"].append(sampler.truncated_note())
+            del d["_src"]                  # every field built: the struct can go
+
+    def __eq__(self, other):
+        if not isinstance(other, Sample):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(Sample))
+
+    __hash__ = None
+
+
 class NativeSampler(BaseSampler):
     kind = "native"
 
@@ -61,7 +122,7 @@ class NativeSampler(BaseSampler):
             if rc:
                 self.nvml_error = ("no NVIDIA driver (libnvidia-ml.so.1 not found)" if rc == -errno.ENOENT
                                    else "nvmlInit failed")
-        self._buf = ffi.new("struct mp_sample *")
+        self._buf = ffi.new("struct mp_sample *")       # the benchmark's mp_sample_once target
         self.refresh_pids()
 
     def _set(self, role: str, path: str) -> None:
@@ -100,42 +161,64 @@ class NativeSampler(BaseSampler):
         names, kb = self._keys(role, h.nkeys)
         vals = ffi.unpack(getattr(c, KV_FIELDS[role]), h.nkeys)
         out = KvParse(bad_lines=h.bad_lines, truncated=bool(h.truncated))
-        for k, v, unit in zip(names, vals, kb):
-            if v != MISSING:
-                out.values[k] = v
-                out.kb[k] = unit
+        if MISSING in vals:
+            out.values = {k: v for k, v in zip(names, vals) if v != MISSING}
+        else:
+            out.values = dict(zip(names, vals))
+        out.kb = dict(zip(names, kb)) if role == "meminfo" else {}     # only meminfo splits on the unit
         note_kv_problems(path, h.bad_lines, bool(h.truncated), notes)
         return out
 
     def to_sample(self, c) -> Sample:
-        """struct mp_sample -> Sample (the same one PureSampler builds)."""
-        s = Sample(mono_ns=c.mono_ns, wall_ns=c.wall_ns, read_ns=c.read_ns)
-        kv = self._kv(c, "meminfo", f"{self.proc}/meminfo", s.notes)
-        if kv is not None:
-            s.meminfo = meminfo_from_kv(kv)
-        kv = self._kv(c, "vmstat", f"{self.proc}/vmstat", s.notes)
-        if kv is not None:
-            s.vmstat = Vmstat(counters=kv.values)
-        if self.cgroup is not None:
-            s.cgroup = self._cgroup(c, s)
+        """struct mp_sample -> Sample (the same one PureSampler builds), each field built when it
+        is first read; c must stay as it is until then (sample() gives each Sample its own)."""
+        for role, slot in KV_SLOTS:          # key names now: the C tables may be gone when a field is built
+            n = c.hdr[slot].nkeys
+            if n > len(self._names[role]):
+                self._keys(role, n)
+        return NativeSample(self, c)
+
+    def build(self, name: str, c, notes: list[str]):
+        """One field of a NativeSample from its struct; notes of that field go to `notes`."""
+        if name == "meminfo":
+            kv = self._kv(c, "meminfo", f"{self.proc}/meminfo", notes)
+            return None if kv is None else Meminfo(bytes={k: v for k, v in kv.values.items() if kv.kb[k]},
+                                                   counts={k: v for k, v in kv.values.items() if not kv.kb[k]})
+        if name == "vmstat":
+            kv = self._kv(c, "vmstat", f"{self.proc}/vmstat", notes)
+            return None if kv is None else Vmstat(counters=kv.values)
+        if name == "cgroup":
+            return self._cgroup(c, notes) if self.cgroup is not None else None
+        if name == "processes":
+            return self._processes(c, notes)
+        if self.nvml_error:
+            notes.append(f"NVML not read: {self.nvml_error}")    # gpus stay None: not read
+        elif c.nvml_err != -errno.ENODATA:
+            gpus = self._gpus(c, notes)
+            for g in gpus or []:
+                for gp in g.processes or []:
+                    gp.owner_cgroup, gp.ns_pids = self.owner(gp.pid)
+            return gpus
+        return None
+
+    def _processes(self, c, notes: list[str]) -> list[ProcessSample]:
+        out = []
         for i in range(c.nprocs):
             p = c.procs[i]
+            comm, ns = self.identity(p.pid)
             if p.status_hdr.err:
-                s.notes.append(f"process {p.pid}: {os.strerror(-p.status_hdr.err)}")
-                s.processes.append(ProcessSample(pid=p.pid))
+                notes.append(f"process {p.pid}: {os.strerror(-p.status_hdr.err)}")
+                out.append(ProcessSample(pid=p.pid, comm=comm, ns_pids=ns))
                 continue
-            vals = {k: v for k, v in zip(STATUS_KEYS, ffi.unpack(p.status, lib.MP_STATUS_KEYS))
-                    if v != MISSING}
+            vals = ffi.unpack(p.status, lib.MP_STATUS_KEYS)
             note_kv_problems(f"{self.proc}/{p.pid}/status", p.status_hdr.bad_lines,
-                             bool(p.status_hdr.truncated), s.notes)
-            s.processes.append(ProcessSample(pid=p.pid, **status_fields(vals)))
-        if self.nvml_error:
-            s.notes.append(f"NVML not read: {self.nvml_error}")    # gpus stay None: not read
-        elif c.nvml_err != -errno.ENODATA:
-            s.gpus = self._gpus(c, s)
-        return s
+                             bool(p.status_hdr.truncated), notes)
+            out.append(ProcessSample(p.pid, ns, comm, *(None if v == MISSING else v
+                                                        for v in (vals[j] for j in STATUS_ORDER))))
+        return out
 
-    def _cgroup(self, c, s: Sample):
+    def _cgroup(self, c, notes: list[str]):
+        s = Sample(mono_ns=0, wall_ns=0, notes=notes)        # what note_cgroup_error writes into
         if self.cgroup_gone:
             self.note_cgroup_error(s, errno.ENODEV)
             return None
@@ -147,13 +230,13 @@ class NativeSampler(BaseSampler):
                 if e == errno.ENODEV or not os.path.isdir(self.cgroup_dir):
                     self.note_cgroup_error(s, errno.ENODEV)
                     return None
-                s.notes.append(f"{path}: {os.strerror(e)}")
+                notes.append(f"{path}: {os.strerror(e)}")
             elif role in ("stat", "events"):
-                kv = self._kv(c, role, path, s.notes)
+                kv = self._kv(c, role, path, notes)
                 raw[role] = kv.values if kv is not None else None
             elif err:
                 raw[role] = None
-                s.notes.append(f"{path}: not in the expected format; left empty")
+                notes.append(f"{path}: not in the expected format; left empty")
             elif role == "pressure":
                 raw[role] = {n: (v / 100 if "avg" in n else v)
                              for n, v in zip(PRESSURE_NAMES, c.pressure) if v != MISSING}
@@ -162,9 +245,9 @@ class NativeSampler(BaseSampler):
                 raw[role] = "max" if v == UNLIMITED else v
         return cgroup_sample_from_raw(self.cgroup, self.version, raw)
 
-    def _gpus(self, c, s: Sample) -> Optional[list[GpuSample]]:
+    def _gpus(self, c, notes: list[str]) -> Optional[list[GpuSample]]:
         if c.nvml_err:
-            s.notes.append(f"NVML not read: {os.strerror(-c.nvml_err)}")
+            notes.append(f"NVML not read: {os.strerror(-c.nvml_err)}")
             return None
         out = []
         for i in range(c.ngpus):
@@ -180,24 +263,93 @@ class NativeSampler(BaseSampler):
         return out
 
     def sample(self, detail: bool = False) -> Sample:
-        lib.mp_sample_once(self.t, self._buf)
-        s = self.to_sample(self._buf)
+        c = ffi.new("struct mp_sample *")         # the Sample's own: its fields are built from it later
+        lib.mp_sample_once(self.t, c)
+        s = self.to_sample(c)
         if detail:
             self.add_detail(s)
-        return self.finish(s)
+        return s
 
     # -- background loop ---------------------------------------------------------
-    def start(self, interval_s: float, capacity: int = 4096) -> None:
-        rc = lib.mp_sampler_start(self.t, int(interval_s * 1e9), capacity)
+    def start(self, interval_s: float, capacity: int = 4096, nvml: bool = True) -> None:
+        """Sample in a C thread every interval_s into a ring of `capacity` samples (the oldest
+        is overwritten, and counted in `dropped`, when nobody drains it in time)."""
+        rc = lib.mp_sampler_start(self.t, int(interval_s * 1e9), capacity, lib.MP_RING_NVML if nvml else 0)
         if rc < 0:
             raise OSError(-rc, os.strerror(-rc))
-        self._drain_buf = ffi.new("struct mp_sample[]", capacity)
         self._capacity = capacity
         self._dropped = ffi.new("uint64_t *")
 
+    def drain_packed(self) -> tuple[int, bytes]:
+        """(samples, packed columns) of up to MP_PACK_MAX samples off the ring, without a Python
+        object per sample (format: csrc/memprobe.h); (0, b"") when it is empty."""
+        if not hasattr(self, "_pack_buf"):
+            self._pack_len = lib.mp_pack_bound(lib.MP_PACK_MAX)
+            self._pack_buf = ffi.new("uint8_t[]", self._pack_len)
+            self._pack_n = ffi.new("int *")
+        rc = lib.mp_sampler_drain_packed(self.t, self._pack_buf, self._pack_len, lib.MP_PACK_MAX,
+                                         self._pack_n, self._dropped)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        n = self._pack_n[0]
+        return n, ffi.buffer(self._pack_buf, rc)[:] if n else b""
+
+    def burst_layout(self) -> dict:
+        """Where each Sample field sits in a packed raw vector, and how a raw value becomes the
+        field's value: what recording.py Bursts needs to read burst records without sources/.
+        Key tables only grow, so a later layout of the same sampler covers earlier records."""
+        f = {"mono_ns": lib.MP_RAW_MONO, "wall_ns": lib.MP_RAW_MONO + 1, "read_ns": lib.MP_RAW_MONO + 2}
+        for i, (name, kb) in enumerate(zip(*self._keys("meminfo", self._nkeys("meminfo")))):
+            f[f"meminfo/{'bytes' if kb else 'counts'}/{name}"] = lib.MP_RAW_MEMINFO + i
+        for i, name in enumerate(self._keys("vmstat", self._nkeys("vmstat"))[0]):
+            f[f"vmstat/counters/{name}"] = lib.MP_RAW_VMSTAT + i
+        stat = {k: lib.MP_RAW_CGSTAT + i for i, k in enumerate(self._keys("stat", self._nkeys("stat"))[0])}
+        events = {k: lib.MP_RAW_CGEVENTS + i for i, k in enumerate(self._keys("events", self._nkeys("events"))[0])}
+        single = {r: lib.MP_RAW_SINGLE + i for i, r in enumerate(SINGLE_FIELDS)}
+        limits = ["cgroup/max_bytes"]
+        if self.cgroup is not None:
+            f.update({"cgroup/current_bytes": single["current"], "cgroup/peak_bytes": single["peak"],
+                      "cgroup/max_bytes": single["max"]})
+            if self.version == 2:
+                f.update({"cgroup/high_bytes": single["high"], "cgroup/swap_current_bytes": single["swap"]})
+                f.update({f"cgroup/stat/{k}": i for k, i in stat.items()})
+                f.update({f"cgroup/events/{k}": i for k, i in events.items()})
+                f.update({f"cgroup/pressure/{n}": lib.MP_RAW_PRESSURE + j for j, n in enumerate(PRESSURE_NAMES)})
+                limits.append("cgroup/high_bytes")
+            else:          # the mapping of cgroupfs.cgroup_sample_from_raw
+                f.update({f"cgroup/v1_stat/{k}": i for k, i in stat.items()})
+                f.update({f"cgroup/stat/{v2}": stat[v1] for v1, v2 in V1_STAT_TO_V2.items() if v1 in stat})
+                f.update({"cgroup/stat/kernel": single["kmem"], "cgroup/events/max": single["failcnt"]})
+                if "total_swap" in stat:
+                    f["cgroup/swap_current_bytes"] = stat["total_swap"]
+                if "oom_kill" in events:
+                    f["cgroup/events/oom_kill"] = events["oom_kill"]
+        for j in range(len(self.pids)):
+            base = lib.MP_RAW_PROCS + j * lib.MP_RAW_PROC_STRIDE
+            f[f"processes/#{j}/pid"] = base
+            f.update({f"processes/#{j}/{attr}": base + 5 + STATUS_KEYS.index(key) for key, attr in STATUS_FIELDS.items()})
+        return {"fields": f, "missing": MISSING, "unlimited": UNLIMITED, "limits": limits,
+                "limit_floor": V1_UNLIMITED_FLOOR if self.version == 1 else None,
+                "hundredths": [f"cgroup/pressure/{n}" for n in PRESSURE_NAMES if "avg" in n]}
+
+    def _nkeys(self, role: str) -> int:
+        """Keys the C table of a kv file knows now."""
+        n = len(self._names[role])
+        buf = ffi.new("char[]", lib.MP_KEYLEN)
+        while lib.mp_key_name(self.t, SLOTS[role], n, buf, lib.MP_KEYLEN) >= 0:
+            n += 1
+        return n
+
     def drain(self) -> list[Sample]:
+        if not hasattr(self, "_drain_buf"):
+            self._drain_buf = ffi.new("struct mp_sample[]", self._capacity)
         n = lib.mp_sampler_drain(self.t, self._drain_buf, self._capacity, self._dropped)
-        return [self.finish(self.to_sample(self._drain_buf[i])) for i in range(max(n, 0))]
+        out = []
+        for i in range(max(n, 0)):
+            c = ffi.new("struct mp_sample *")
+            ffi.memmove(c, ffi.addressof(self._drain_buf, i), ffi.sizeof("struct mp_sample"))
+            out.append(self.to_sample(c))
+        return out
 
     @property
     def dropped(self) -> int:

@@ -67,12 +67,15 @@ def minimal_argv(command: str, tmp: str) -> list[str]:
         if not a.option_strings and a.nargs not in ("?", "*"):
             argv.append("nothing-here")
         elif a.option_strings and a.required:
-            argv += [a.option_strings[-1], os.path.join(tmp, "out")]
+            value = (a.choices[0] if a.choices else "2" if a.type is cli_args.positive_int
+                     else "true" if a.dest in ("a", "b") else os.path.join(tmp, "out"))
+            argv += [a.option_strings[-1], value]
     return argv
 
 
 DURATION_FLAGS = typed_flags(cli_args.duration)
 INTERVAL_FLAGS = typed_flags(cli_args.interval)
+BURST_FLAGS = typed_flags(cli_args.burst_interval)            # record: under 10 ms is burst mode
 FRACTION_FLAGS = typed_flags(cli_args.fraction)
 
 
@@ -80,8 +83,9 @@ def test_the_parser_walk_finds_the_known_flags():
     """Guard: the walk below is not vacuous: it finds the flags issue 15 names."""
     assert {("probes", "--duration"), ("record", "--duration"), ("attach", "--exit-grace"),
             ("export", "--stale-after")} <= set(DURATION_FLAGS)
-    assert {("attach", "--interval"), ("record", "--interval"), ("export", "--interval")} <= set(INTERVAL_FLAGS)
-    assert {c for c, _ in FRACTION_FLAGS} == {"snapshot", "attach", "record", "replay", "report", "export"}
+    assert {("attach", "--interval"), ("export", "--interval")} <= set(INTERVAL_FLAGS)
+    assert BURST_FLAGS == [("record", "--interval")]
+    assert {c for c, _ in FRACTION_FLAGS} == {"snapshot", "attach", "record", "replay", "report", "export", "preflight", "ab"}
     assert ("replay", "--speed") in typed_flags(cli_args.positive_number)
     assert ("attach", "--count") in typed_flags(cli_args.positive_int)
 
@@ -102,7 +106,7 @@ def test_fraction_out_of_range_or_nan_is_refused(command, flag, tmp_path):
     check_rejected(command, flag, ["nan", "inf", "2", "0", "-1", "NaN"], tmp_path)
 
 
-@pytest.mark.parametrize("command,flag", DURATION_FLAGS + INTERVAL_FLAGS)
+@pytest.mark.parametrize("command,flag", DURATION_FLAGS + INTERVAL_FLAGS + BURST_FLAGS)
 def test_duration_zero_negative_or_not_finite_is_refused(command, flag, tmp_path):
     """Attack: a duration of 0 (probes --duration 0 ran forever), -5 (accepted), nan, inf, 1e9,
     empty, beyond a year. Defence: the shared duration type: exit 2 naming the flag itself."""
@@ -115,6 +119,13 @@ def test_interval_keeps_its_10ms_floor(command, flag, tmp_path):
     check_rejected(command, flag, ["5ms", "0.001"], tmp_path)
 
 
+@pytest.mark.parametrize("command,flag", BURST_FLAGS)
+def test_burst_interval_keeps_its_100us_floor(command, flag, tmp_path):
+    """Attack: `record --interval 1us` (a C thread spinning at a megahertz). Defence: burst mode
+    stops at 0.1 ms, the native sampler's floor (docs/record.md)."""
+    check_rejected(command, flag, ["1us", "50us", "0.00005"], tmp_path)
+
+
 @pytest.mark.parametrize("command,flag", typed_flags(cli_args.positive_int) + typed_flags(cli_args.positive_number))
 def test_counts_and_speeds_below_or_at_zero_are_refused(command, flag, tmp_path):
     """Attack: `attach --count 0`, `probes --top -1`, `replay --speed 0` (a division by zero),
@@ -122,7 +133,7 @@ def test_counts_and_speeds_below_or_at_zero_are_refused(command, flag, tmp_path)
     check_rejected(command, flag, ["0", "-1", "nan", "inf"], tmp_path)
 
 
-@pytest.mark.parametrize("command,flag", DURATION_FLAGS + INTERVAL_FLAGS)
+@pytest.mark.parametrize("command,flag", DURATION_FLAGS + INTERVAL_FLAGS + BURST_FLAGS)
 def test_every_duration_flag_takes_hours_and_compound_forms(command, flag, tmp_path):
     """`1h` was refused everywhere: every duration flag parses the documented forms."""
     forms = {"1h": 3600, "1h30m": 5400, "90m": 5400, "2s": 2, "250ms": 0.25, "1.5": 1.5, "1d": 86400,
