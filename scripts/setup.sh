@@ -35,6 +35,9 @@ test_pkgs+=(docker.io podman busybox-static)
 # The eBPF probe tests (tests/test_bpf*.py, docs/probes.md): bpftool lists loaded programs, to
 # prove that none of ours is left after exit, Ctrl-C or SIGTERM.
 test_pkgs+=(bpftool)
+# The eBPF overhead bench (scripts/bench/bench_bpf.py, docs/performance.md) compares the probes with
+# bpftrace's page-fault one-liner in the same run (Debian 12: bpftrace 0.17).
+test_pkgs+=(bpftrace)
 # The exporter tests (tests/test_export*.py, docs/export.md): a real Prometheus server scrapes
 # `memprobe export`, and promtool checks and unit-tests the example alert rules. The tests start
 # their own server on a free loopback port (on a host running systemd the package also enables

@@ -67,7 +67,8 @@ def both_paths(proc: str, cgroup_root: str, query: str, report):
             item, _ = feed.tick()
             readings = ts.sample(feed.header.host, None, report)
             own = readings[0] if readings else None
-            if item.other_cgroups and own is not None and own.item.other_cgroups:
+            if item.mapped_files and item.other_cgroups and own is not None and own.item.mapped_files and \
+                    own.item.other_cgroups:
                 break
             time.sleep(0.1)
         assert not errors, errors

@@ -5,14 +5,22 @@ hour, every counter jittered sample by sample the way live counters move), with 
 recording with eBPF on carries (a cumulative `probes` report, `mapped_files` and `other_cgroups`
 once a second). Then, side by side, in this process:
   - the time to decode every sample (Recording.samples(), what a naive report would do);
-  - the time of `memprobe report run.db -o report.html` and `-o report.md` (main() in process).
+  - the time of `memprobe report run.db -o report.html` and `-o report.md` (main() in process);
+  - with --child: `memprobe report run.db -o report.html` in a child process, its time and peak RSS;
+  - replay seeks: ReplayFeed.item(i) at --seeks random places of a freshly opened recording.
 
     .venv/bin/python scripts/bench/bench_report.py [--minutes 60] [--hz 10] [--keep DIR]
+    .venv/bin/python scripts/bench/bench_report.py --minutes 1440 --child --seeks 50 --json out.json
 """
 import argparse
 import copy
+import json
 import os
+import pickle
 import random
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +43,9 @@ PAGE = 4096
 
 
 def jitter(s, rnd: random.Random, k: int):
-    """Counters move a little every sample: meminfo, memory.stat, RSS, NVML used."""
-    s = copy.deepcopy(s)
+    """Counters move a little every sample: meminfo, memory.stat, RSS, NVML used. s: a Sample, or
+    one pickled (unpickling copies it several times faster than deepcopy: a 24 h recording)."""
+    s = pickle.loads(s) if isinstance(s, bytes) else copy.deepcopy(s)
     if s.meminfo is not None:
         for key in ("MemFree", "MemAvailable", "Cached", "Active(file)", "Inactive(file)", "Dirty", "AnonPages"):
             if key in s.meminfo.bytes:
@@ -106,12 +115,13 @@ def make_recording(path: str, minutes: float, hz: float, seed: int = 1, events: 
               "probes": [asdict(ProbeStatus("pagecache", "tracepoint:filemap", True, "tracepoints present")),
                          asdict(ProbeStatus("cuda", "uprobe:libcuda.so.1", True, "uprobe PMU"))] if events else None,
               "capabilities": [], "interval_ns": step_ns, "argv": ["bench_report.py"], "kv_fraction": 0.9}
+    frozen = [pickle.dumps(b[1]) for b in base]
     w = RecordingWriter(path, header, overwrite=True)
     t0 = 10 ** 12
     per_step = n // len(base)
     for i in range(n):
         k = min(i // per_step, len(base) - 1)
-        s = jitter(base[k][1], rnd, i)
+        s = jitter(frozen[k], rnd, i)
         s.mono_ns, s.wall_ns = t0 + i * step_ns, 1_764_000_000 * 10 ** 9 + i * step_ns
         w.add_sample(s)
         if events and i % int(hz) == 0:
@@ -136,13 +146,14 @@ def main_bench():
     ap.add_argument("--hz", type=float, default=10)
     ap.add_argument("--keep", metavar="DIR", help="write the recording and reports here and keep them")
     ap.add_argument("--no-events", action="store_true", help="samples only (a recording made with --no-bpf)")
+    ap.add_argument("--child", action="store_true",
+                    help="only the HTML report, in a child process (its time and peak RSS), and the seeks")
+    ap.add_argument("--seeks", type=int, default=0, help="replay seeks to random places (0: none)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     a = ap.parse_args()
-    d = a.keep or tempfile.mkdtemp(prefix="memprobe-bench-report-")
-    os.makedirs(d, exist_ok=True)
-    db = os.path.join(d, "bench.db")
-    t = time.perf_counter()
-    n = make_recording(db, a.minutes, a.hz, events=not a.no_events)
-    made = time.perf_counter() - t
+    if a.child:
+        return child_bench(a)
+    d, db, n, made = recording(a)
     size = os.path.getsize(db)
     rec = Recording(db)
     events = len(rec.events())
@@ -167,5 +178,60 @@ def main_bench():
         shutil.rmtree(d)
 
 
+def seek_times(db: str, n: int, seed: int = 2) -> list[float]:
+    """Seconds of ReplayFeed.item(i) (the sample, its context and eBPF report current at it) at n
+    random places of a freshly opened recording, as `memprobe replay` jumps."""
+    from spark_memprobe.feed.replay import ReplayFeed
+    rnd = random.Random(seed)
+    rec = Recording(db)
+    try:
+        feed = ReplayFeed(rec)
+        out = []
+        for _ in range(n):
+            i = rnd.randrange(len(feed))
+            t = time.perf_counter()
+            feed.item(i)
+            out.append(time.perf_counter() - t)
+        return out
+    finally:
+        rec.close()
+
+
+def recording(a) -> tuple[str, str, int, float]:
+    """(folder, recording path, samples, seconds to write it)."""
+    d = a.keep or tempfile.mkdtemp(prefix="memprobe-bench-report-")
+    os.makedirs(d, exist_ok=True)
+    db = os.path.join(d, "bench.db")
+    t = time.perf_counter()
+    n = make_recording(db, a.minutes, a.hz, events=not a.no_events)
+    return d, db, n, time.perf_counter() - t
+
+
+def child_bench(a) -> int:
+    d, db, n, made = recording(a)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "spark_memprobe.cli", "report", db, "-o", os.path.join(d, "report.html")],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    report_s = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    seeks = seek_times(db, a.seeks) if a.seeks else []
+    out = {"samples": n, "minutes": a.minutes, "hz": a.hz, "recording_bytes": os.path.getsize(db),
+           "written_s": made, "report_s": report_s, "report_rss_bytes": rss,
+           "seek_p50_s": statistics.median(seeks) if seeks else None, "seek_max_s": max(seeks) if seeks else None}
+    print(f"recording: {n} samples ({a.minutes / 60:g} h at {a.hz:g} Hz), {out['recording_bytes'] / 2 ** 20:.0f} MiB, "
+          f"written in {made:.0f} s")
+    print(f"memprobe report -o report.html (child process): {report_s:.1f} s, peak RSS {rss / 2 ** 20:.0f} MiB")
+    if seeks:
+        print(f"replay seek to {len(seeks)} random places: p50 {out['seek_p50_s'] * 1e3:.1f} ms, "
+              f"max {out['seek_max_s'] * 1e3:.1f} ms")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    if not a.keep:
+        import shutil
+        shutil.rmtree(d)
+    return 0
+
+
 if __name__ == "__main__":
-    main_bench()
+    sys.exit(main_bench())

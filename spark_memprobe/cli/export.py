@@ -134,6 +134,7 @@ class Exporter:
         from prometheus_client import ProcessCollector
         from ..feed.multi import TargetSet
         from ..views.metrics import ExporterStats
+        from .export_http import LineCache
         self.relist = self.relist if self.relist is not None else max(self.interval, 5.0)
         self.stale_after = self.stale_after if self.stale_after is not None else max(3 * self.interval, 30.0)
         self.stats = ExporterStats(interval_seconds=self.interval)
@@ -144,6 +145,7 @@ class Exporter:
                                  self.kv_fraction, self._say, self._error)
         self.stats.target_changes = self.targets.changes
         self.exposition = None          # export_http.Exposition: replaced whole, never mutated; read lock-free
+        self.lines = LineCache()       # sample lines kept from one cycle's rendering to the next
         self.process = ProcessCollector(registry=None)  # process_cpu_seconds_total etc.: the exporter's own overhead
         self.host = None
         self.host_sampler = None
@@ -278,7 +280,7 @@ class Exporter:
             fams = build_families(self.host, out, host_ledger, report, self.top_files, self.stats, __version__,
                                   host_sample=host_sample, host_inputs=host_inputs)
             self.exposition = render(fams + list(self.process.collect()), kept_when_stale, self.stats.last_cycle_unix,
-                                     self.host.hostname or "", self.stale_after)
+                                     self.host.hostname or "", self.stale_after, self.lines)
         except Exception as e:  # noqa: BLE001
             self._error("metrics", e)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 import selectors
 import socket
 import threading
@@ -28,7 +29,10 @@ REQUEST_DEADLINE_S = 5.0      # from accept to the end of the request head, howe
 RESPONSE_DEADLINE_S = 10.0    # from accept to the last byte of the response taken by the client
 MAX_CONNECTIONS = 256         # open client connections; at the cap the oldest unfinished one is dropped
 MAX_REQUEST_BYTES = 8192      # request line and headers (431 beyond)
-LISTEN_BACKLOG = 128          # socketserver's default of 5 drops SYNs when Prometheus and others scrape at once
+# connections the kernel queues before accept(): one that finds the queue full has its SYN dropped and
+# retries it after the 1 s initial RTO (RFC 6298), so 200 scrapes at once need more than 128; the
+# kernel caps this at net.core.somaxconn (4096 since Linux 5.4, include/linux/socket.h SOMAXCONN)
+LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 16             # accepts per loop turn: a connect flood cannot push a waiting request past the cap
 FD_PAUSE_S = 0.1              # out of descriptors with nothing to drop: stop accepting this long
 LOG_EVERY_S = 10.0            # at most one client-error line per this
@@ -62,11 +66,13 @@ class Family:
 
 @dataclass(frozen=True)
 class Exposition:
-    """What every scrape serves until the next cycle ends."""
+    """What every scrape serves until the next cycle ends: the families, and the whole body of
+    an unfiltered scrape per (OpenMetrics?, fresh?), up to the data-age gauge's value."""
     families: tuple
     unix: float                   # when the cycle whose data this is ended
     host: str                     # `host` label of the data-age gauge
     stale_after: float
+    bodies: dict                  # (om, fresh) -> (bytes before the age value, bytes after it)
 
 
 class _Families:
@@ -87,41 +93,129 @@ def render_one(metrics: list, om: bool) -> bytes:
     return generate_latest(_Families(metrics))
 
 
+PLAIN_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")    # names no format escapes (prometheus_client validation.py)
+TEXT_TYPES = {"gauge": "gauge", "counter": "counter", "info": "gauge", "unknown": "untyped"}
+
+
+def sample_line(s, cache: "LineCache") -> str:
+    """'name{k="v",...} value\\n' (keys sorted, values escaped, the value as Go writes it) of one
+    sample: the same in both formats; from the cache when the last cycle had this series at this value."""
+    key = (s.name, tuple(s.labels.items()))
+    hit = cache.new.get(key) or cache.old.get(key)
+    if hit is not None and hit[0] == s.value:
+        line = hit[1]
+    else:
+        labels = ",".join(f'{k}="' + v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"') + '"'
+                          for k, v in sorted(s.labels.items()))
+        value = cache.go_float(s.value)
+        line = f"{s.name}{{{labels}}} {value}\n" if labels else f"{s.name} {value}\n"
+    cache.new[key] = (s.value, line)
+    return line
+
+
+class LineCache:
+    """Sample lines of this cycle (new) and the one before (old): most series keep their labels
+    and many their value from one cycle to the next; what a cycle did not use is dropped."""
+
+    def __init__(self):
+        from prometheus_client.utils import floatToGoString
+        self.go_float = floatToGoString
+        self.old: dict = {}
+        self.new: dict = {}
+
+    def next_cycle(self) -> None:
+        self.old, self.new = self.new, {}
+
+
+def render_both(m, cache: LineCache) -> tuple[bytes, bytes]:
+    """(text, OpenMetrics) of one family: what prometheus_client's two generate_latest() write
+    (prometheus_client 0.2x exposition.py, openmetrics/exposition.py; tests/test_export_render.py
+    compares the bytes), many times faster: the sample lines, the same in both formats, are
+    built once, or taken from the last cycle's when a series kept its value."""
+    if m.type not in TEXT_TYPES or not PLAIN_NAME.match(m.name):
+        return render_one([m], False), render_one([m], True)
+    lines, names, keys = [], set(), set()
+    for s in m.samples:
+        if s.timestamp is not None or s.exemplar is not None or s.native_histogram is not None or s.value is None:
+            return render_one([m], False), render_one([m], True)
+        names.add(s.name)
+        keys.update(s.labels)
+        lines.append(sample_line(s, cache))
+    # plain names only; the text format moves _created, _gsum and _gcount samples to a family of their own
+    if not all(PLAIN_NAME.match(n) and not n.endswith(("_created", "_gsum", "_gcount")) for n in names) or \
+            not all(PLAIN_NAME.match(k) for k in keys):
+        return render_one([m], False), render_one([m], True)
+    body = "".join(lines)
+    tname = m.name + ("_total" if m.type == "counter" else "_info" if m.type == "info" else "")
+    doc = m.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    text = f"# HELP {tname} {doc}\n# TYPE {tname} {TEXT_TYPES[m.type]}\n{body}"
+    unit = f"# UNIT {m.name} {m.unit}\n" if m.unit else ""
+    om_doc = doc.replace('"', r'\"')
+    om = f"# HELP {m.name} {om_doc}\n# TYPE {m.name} {m.type}\n{unit}{body}"
+    return text.encode(), om.encode()
+
+
+AGE_MARK = 1234.5             # stands for the age in the cached age family; split out at render()
+
+
+def age_family(host: str, age: float):
+    from prometheus_client.core import GaugeMetricFamily
+    a = GaugeMetricFamily(AGE_METRIC, "seconds since the sampling cycle whose data this scrape serves ended "
+                          "(target and host series are withheld past --stale-after)", labels=["host"], unit="seconds")
+    a.add_metric([host], age)
+    return a
+
+
 def render(metrics, kept_when_stale: Callable[[str], bool], unix: float, host: str,
-           stale_after: float) -> Exposition:
-    """Render each family once (called at the end of a sampling cycle, not per scrape)."""
-    fams = tuple(Family(m, frozenset(s.name for s in m.samples), render_one([m], False), render_one([m], True),
-                        kept_when_stale(m.name)) for m in metrics)
-    return Exposition(fams, unix, host, stale_after)
+           stale_after: float, cache: Optional[LineCache] = None) -> Exposition:
+    """Render each family once, and the four whole bodies (text or OpenMetrics, fresh or
+    stale), at the end of a sampling cycle: a scrape only joins bytes and the age's value."""
+    cache = cache or LineCache()
+    cache.next_cycle()
+    fams = tuple(Family(m, frozenset(s.name for s in m.samples), *render_both(m, cache), kept_when_stale(m.name))
+                 for m in metrics)
+    bodies = {}
+    for om in (False, True):
+        age = render_one([age_family(host, AGE_MARK)], om)
+        cut = age.rindex(b" %r\n" % AGE_MARK) + 1
+        for fresh in (False, True):
+            head = b"".join(f.om if om else f.text for f in fams if fresh or f.kept_when_stale)
+            bodies[om, fresh] = (head + age[:cut], age[cut + len(repr(AGE_MARK)):] + (OM_EOF if om else b""))
+    return Exposition(fams, unix, host, stale_after, bodies)
 
 
 def exposition_body(x: Exposition, om: bool, names: Optional[set], now_unix: float) -> bytes:
-    """The scrape's body: cached families (all of them, or those whose samples `names` selects,
+    return b"".join(exposition_parts(x, om, names, now_unix))
+
+
+def exposition_parts(x: Exposition, om: bool, names: Optional[set], now_unix: float) -> tuple:
+    """The scrape's body, in parts sent as they are (no copy): cached families (all of them, or those whose samples `names` selects,
     as prometheus_client's restricted registry does), the data's age, and "# EOF" in OpenMetrics.
-    Past stale_after only the families kept when stale are served."""
-    from prometheus_client.core import GaugeMetricFamily, Metric
+    Past stale_after only the families kept when stale are served. An unfiltered scrape (what
+    Prometheus sends) renders nothing: cached bytes around the age's value."""
+    from prometheus_client.core import Metric
+    from prometheus_client.utils import floatToGoString
     age = max(0.0, now_unix - x.unix)
     fresh = age <= x.stale_after
+    if names is None:
+        head, tail = x.bodies[om, fresh]
+        return head, floatToGoString(age).encode(), tail
     out = []
     for f in x.families:
         if not (fresh or f.kept_when_stale):
             continue
-        hit = f.names if names is None else f.names & names
-        if names is None or hit == f.names and hit:
+        hit = f.names & names
+        if hit == f.names and hit:
             out.append(f.om if om else f.text)
         elif hit:                                 # some of the family's sample names (a counter's _total)
             m = Metric(f.metric.name, f.metric.documentation, f.metric.type, f.metric.unit)
             m.samples = [s for s in f.metric.samples if s.name in hit]
             out.append(render_one([m], om))
-    if names is None or AGE_METRIC in names:
-        a = GaugeMetricFamily(AGE_METRIC, "seconds since the sampling cycle whose data this scrape serves ended "
-                              "(target and host series are withheld past --stale-after)", labels=["host"],
-                              unit="seconds")
-        a.add_metric([x.host], age)
-        out.append(render_one([a], om))
+    if AGE_METRIC in names:
+        out.append(render_one([age_family(x.host, age)], om))
     if om:
         out.append(OM_EOF)
-    return b"".join(out)
+    return tuple(out)
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -265,7 +359,7 @@ class Conn:
     def __init__(self, sock: socket.socket, peer: str, t0: float):
         self.sock, self.peer, self.t0 = sock, peer, t0
         self.buf = bytearray()
-        self.out: Optional[memoryview] = None        # the response not yet sent, once there is one
+        self.out: Optional[list] = None   # the response's parts not yet sent (memoryviews), once there is one
 
 
 def peer_name(addr) -> str:
@@ -378,7 +472,7 @@ class MetricsServer:
         for c, why in late:
             if c.out is None:
                 try:                              # best effort: a client that is listening learns why
-                    c.sock.send(self._response(408, b"request not complete in time\n"))
+                    c.sock.sendmsg(self._response(408, (b"request not complete in time\n",)))
                 except OSError:
                     pass
             self._drop(c, why)
@@ -406,23 +500,26 @@ class MetricsServer:
             extra = ()
         except Refused as r:
             self.client_error(c.peer, f"{r.why} ({r.status})")
-            status, ctype, body = r.status, "text/plain; charset=utf-8", f"{r.why}\n".encode()
+            status, ctype, body = r.status, "text/plain; charset=utf-8", (f"{r.why}\n".encode(),)
             head_only = c.buf.startswith(b"HEAD ")
             extra = (("Allow", "GET, HEAD"),) if r.allow else ()
-        c.out = memoryview(self._response(status, body, ctype, extra, head_only))
+        c.out = [memoryview(b) for b in self._response(status, body, ctype, extra, head_only) if b]
         self.sel.modify(c.sock, selectors.EVENT_WRITE, c)
         self._write(c)
 
     def _write(self, c: Conn) -> None:
         try:
-            n = c.sock.send(c.out)
+            n = c.sock.sendmsg(c.out)          # the cached parts as they are: no copy per scrape
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self._drop(c, f"write failed ({e.strerror})")
             return
-        c.out = c.out[n:]
-        if not c.out:
+        while c.out and n >= len(c.out[0]):
+            n -= len(c.out.pop(0))
+        if c.out:
+            c.out[0] = c.out[0][n:]
+        else:
             self._close(c)
 
     def _drop(self, c: Conn, why: Optional[str]) -> None:
@@ -436,7 +533,7 @@ class MetricsServer:
         c.sock.close()
 
     # -- answers -------------------------------------------------------------------------
-    def _answer(self, method: str, target: str, version: str, headers: dict) -> tuple[int, str, bytes, bool]:
+    def _answer(self, method: str, target: str, version: str, headers: dict) -> tuple[int, str, tuple, bool]:
         hosts = headers.get("host", [])
         if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
             raise Refused(400, "an HTTP/1.1 request needs exactly one Host header")
@@ -449,17 +546,19 @@ class MetricsServer:
         if method not in ("GET", "HEAD"):
             raise Refused(405, f"method {show(method)} not allowed: GET or HEAD", allow=True)
         if path == "/":
-            return 200, "text/plain; charset=utf-8", INDEX, method == "HEAD"
+            return 200, "text/plain; charset=utf-8", (INDEX,), method == "HEAD"
         names = requested_names(query)
         x = self.current()
         if x is None:
             raise Refused(503, "no sampling cycle has completed yet")
         om = wants_openmetrics(", ".join(headers.get("accept", [])))
-        return 200, OM_TYPE if om else TEXT_TYPE, exposition_body(x, om, names, time.time()), method == "HEAD"
+        return 200, OM_TYPE if om else TEXT_TYPE, exposition_parts(x, om, names, time.time()), method == "HEAD"
 
     @staticmethod
-    def _response(status: int, body: bytes, ctype: str = "text/plain; charset=utf-8", extra=(),
-                  head_only: bool = False) -> bytes:
+    def _response(status: int, body: tuple, ctype: str = "text/plain; charset=utf-8", extra=(),
+                  head_only: bool = False) -> tuple:
+        """(status line and headers, *body parts)."""
         lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {ctype}",
-                 f"Content-Length: {len(body)}", "Connection: close", *(f"{k}: {v}" for k, v in extra), "", ""]
-        return "\r\n".join(lines).encode() + (b"" if head_only else body)
+                 f"Content-Length: {sum(map(len, body))}", "Connection: close", *(f"{k}: {v}" for k, v in extra),
+                 "", ""]
+        return ("\r\n".join(lines).encode(), *(() if head_only else body))

@@ -14,7 +14,8 @@ from ..sources.sampler import open_sampler
 from ..sources.targets.listing import list_targets
 from ..sources.targets.paths import TargetError
 from ..sources.targets.resolver import Resolver, Target, target_to_dict
-from .context import Context, HostKernel
+from ..sources.cgroupfs import CgroupFS
+from .context import Context, HostKernel, Siblings
 from .follow import Follower
 from .items import FeedHeader, FeedItem, ledger_inputs
 
@@ -27,6 +28,7 @@ class Watched:
     label: str                            # what the exporter calls it (its `target` label)
     fixed: bool
     context: Context
+    described: tuple = (None, None)       # (the Target, its target_to_dict): rebuilt when the Follower's changes
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TargetSet:
         self._last_relist = float("-inf")
         self._last_connect = float("-inf")
         self.host_kernel = HostKernel(proc)
+        self.siblings = Siblings(CgroupFS(cgroup_root))     # read once for all the targets under one parent
 
     def resolver(self) -> Resolver:
         """A fresh Resolver (no cached listing or /proc scan) over the engines connected once.
@@ -86,7 +89,7 @@ class TargetSet:
         # exit_grace_s=0: a target that went away is dropped at once and looked for again
         # (fixed TARGETs every cycle, containers at the next listing), so no stale series linger
         f = Follower(self.resolver(), target, exit_grace_s=0.0, sampler_factory=open_sampler)
-        w = self.watched[key] = Watched(key, f, label, fixed, Context(self.proc))
+        w = self.watched[key] = Watched(key, f, label, fixed, Context(self.proc, self.siblings))
         self.changes["added"] += 1
         self.say(key, f"following {target.describe()}")
         return w
@@ -199,7 +202,10 @@ class TargetSet:
         item = FeedItem(sample=s, report=report, mapped_files=w.context.mapped_files,
                         other_cgroups=w.context.other_cgroups, kernel=self.host_kernel.kernel,
                         before=self.host_kernel.before(s))
-        header = FeedHeader(host=host, target=target_to_dict(w.follower.target), probes=None)
+        t = w.follower.target
+        if w.described[0] is not t:
+            w.described = (t, target_to_dict(t))
+        header = FeedHeader(host=host, target=w.described[1], probes=None)
         inputs = ledger_inputs(item, header)
         return Reading(w, item, inputs, build_ledger(host, s, inputs, kv_fraction=self.kv_fraction))
 

@@ -30,13 +30,23 @@ class ReplayFeed:
     def __len__(self) -> int:
         return len(self.rec)
 
-    def _sample(self, i: int) -> Sample:
+    def _sample(self, i: int, with_: Optional[int] = None) -> Sample:
+        """Sample i from its span's cache. Playing on from a decoded sample decodes the rest of the
+        span at once; a jump decodes sample i alone (and with_, in the same walk when it is in the
+        same span): walking the deltas from the keyframe is cheap, building 600 Samples is not."""
         start = i - i % KEYFRAME_EVERY
-        if start not in self._spans:
+        span = self._spans.get(start)
+        if span is None:
             if len(self._spans) >= 2:
                 self._spans.pop(next(iter(self._spans)))
-            self._spans[start] = list(self.rec.samples(start, start + KEYFRAME_EVERY))
-        return self._spans[start][i - start]
+            span = self._spans[start] = {}
+        if i not in span:
+            if i - 1 in span:
+                span.update(enumerate(self.rec.samples(i, start + KEYFRAME_EVERY), i))
+            else:
+                near = [with_] if with_ is not None and with_ >= start and with_ not in span else []
+                span.update(self.rec.samples_at(near + [i]))
+        return span[i]
 
     def report(self, k: int) -> ProbeReport:
         """The k-th 'probes' event as a ProbeReport."""
@@ -69,4 +79,5 @@ class ReplayFeed:
                         mapped_files=self.mapped.value_at(s.mono_ns), other_cgroups=self.others.value_at(s.mono_ns))
 
     def item(self, i: int) -> FeedItem:
-        return self.at(self._sample(i), self.rec.mono[i - 1] if i > 0 else -1)
+        k = self.rec.index_at(self.rec.mono[i] - int(HostKernel.BEFORE_S * 1e9))
+        return self.at(self._sample(i, with_=k), self.rec.mono[i - 1] if i > 0 else -1)
