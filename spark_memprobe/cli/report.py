@@ -9,13 +9,17 @@ cannot be written exits 7 with one line (docs/report.md)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import shutil
 import stat
 import sys
 import tempfile
+import time
+from typing import Optional
 
 from . import EXIT_BAD_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError
-from .args import fraction
+from .args import duration, fraction
 
 FORMATS = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
 
@@ -32,6 +36,14 @@ def add_parser(sub):
     p.add_argument("--format", choices=("html", "md"), help="override the format the output name implies")
     p.add_argument("--kv-fraction", type=fraction, default=None, metavar="F",
                    help="fraction of CUDA free an engine gives its KV cache (default: the recording's, else 0.9)")
+    g = p.add_argument_group("a flight recorder's directory (docs/flight-recorder.md)")
+    g.add_argument("--event", metavar="KIND", help="the event recording of a trigger: oom, max, psi, exit, restart, "
+                                                   "available or any (the newest, or the nearest to --at)")
+    g.add_argument("--at", metavar="TIME", help="around TIME (ISO 8601, local time unless it says; or Unix seconds): "
+                                                "--last before it and 1 minute after")
+    g.add_argument("--last", type=duration, metavar="DURATION", help="the last DURATION (default with --at: 10m)")
+    g.add_argument("--target", metavar="NAME", help="whose files: a target's name as in the file names (default: "
+                                                    "the host; with --event the target whose trigger it was)")
     return p
 
 
@@ -78,6 +90,41 @@ def write_private(path: str, text: str) -> None:
                 os.unlink(tmp)
 
 
+def flight_recording(args, directory: str) -> tuple[list[str], Optional[str]]:
+    """The recording a flight directory's --event/--at/--last names: an event recording, or the
+    stretch of base files cut into a new recording in a private temporary directory (returned
+    second, for the caller to remove)."""
+    from ..analysis.flight import extract, flight_files, pick_event
+    from ..recording import RecordingError
+    files = flight_files(directory)
+    at = _when(args.at) if args.at else None
+    if args.event:
+        return [pick_event(files, args.event, args.target, at).path], None
+    if at is None and args.last is None:
+        raise CliError(f"{directory} is a directory: give --event KIND, --at TIME or --last DURATION", EXIT_USAGE)
+    end = at + 60 if at is not None else time.time()
+    start = (at if at is not None else end) - (args.last or 600)
+    tmp = tempfile.mkdtemp(prefix="memprobe-flight-")          # 0700
+    out = os.path.join(tmp, "stretch.db")
+    target = args.target or "host"
+    if extract(files, target, start, end, out) == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        span = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(start))} to {time.strftime('%H:%M:%S', time.localtime(end))}"
+        raise RecordingError(f"{directory}: no samples of {target!r} from {span}")
+    return [out], tmp
+
+
+def _when(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()      # naive: local time
+    except ValueError:
+        raise CliError(f"--at {text!r}: not a time (e.g. 2026-03-01T14:05:00, or Unix seconds)", EXIT_USAGE) from None
+
+
 def run(args) -> int:
     from ..recording import RecordingError
     from ..analysis.report import analyse, open_recording
@@ -86,15 +133,26 @@ def run(args) -> int:
         raise CliError("give one recording, or two to compare", EXIT_USAGE)
     fmt = _format(args)
     datas = []
+    tmp = None
     try:
-        for path in args.recordings:
+        paths = args.recordings
+        if len(paths) == 1 and stat.S_ISDIR(os.lstat(paths[0]).st_mode):
+            paths, tmp = flight_recording(args, paths[0])
+        elif args.event or args.at or args.last:
+            raise CliError("--event, --at and --last read a flight recorder's directory (give DIR)", EXIT_USAGE)
+        for path in paths:
             rec = open_recording(path)
             try:
                 datas.append(analyse(rec, args.kv_fraction))
             finally:
                 rec.close()
+    except FileNotFoundError as e:
+        raise CliError(f"{e.filename}: no such recording", EXIT_BAD_INPUT) from None
     except RecordingError as e:
         raise CliError(str(e), EXIT_BAD_INPUT) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if len(datas) == 1:
         from ..views.report_doc import build_report
         doc = build_report(datas[0])

@@ -1,0 +1,567 @@
+"""The flight recorder (docs/flight-recorder.md): the host and every target recorded at a low
+base rate into rotated recordings in one directory, and around a trigger (a PSI stall, an OOM
+kill or failed charge, a container exit or restart, MemAvailable low) an event recording at
+100 ms that starts with the last minute kept in memory.
+
+Layout, one file per target per rotation period (a plain recording: report and replay read
+each one as they read any other):
+    flight-base-<start>-<slug>.db      base rate, one per target (and "host") per period
+    flight-event-<start>-<kind>-<slug>.db   the ring before a trigger and 100 ms samples after
+<start> is the UTC second the file was opened (YYYYmmddTHHMMSSZ). Only names of this form,
+regular files of ours, are ever rotated or deleted; a name taken already gets a -N suffix
+(a restart continues in the same directory and overwrites nothing).
+
+What the ring holds, per 100 ms: the text of the host's /proc/meminfo and of each target's usage
+counter (memory.current or memory.usage_in_bytes), one pread each, parsed only when a trigger
+writes them out; plus each target's full base samples of the last minute: reading every target
+whole at 10 Hz would cost ten times the base (docs/performance.md, Issue 22). Those 100 ms samples
+carry LIGHT_NOTE; the report explains moments at full samples.
+
+At the base rate a target is read whole only when its usage counter moved since its last whole
+reading, or that reading is STAT_MAX_AGE_S old (the exporter's rule, feed/context.py): an idle
+target costs its ring pread and nothing else. Its base sample carries the host's meminfo and
+vmstat of the same tick, flattened once for all targets."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fcntl
+import os
+import re
+import select
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..recording import SIDECARS, RecordingError, flatten
+from ..samples import CgroupSample, Sample
+from ..sources.bpf import ProbeOptions, ProbeSession
+from ..sources.capabilities import checks_to_dicts, run_checks
+from ..sources.parse import MalformedFile
+from ..sources.procfs import checked_kv, meminfo_from_kv
+from ..sources.psi import EventsWatch, PsiTrigger, Reread, usage_from_raw
+from ..sources.sampler import open_sampler
+from ..sources.targets.resolver import target_to_dict
+from .context import STAT_MAX_AGE_S, HostKernel
+from .host import open_host
+from .items import FeedItem
+from .live import ProbeWorker
+from .multi import TargetSet, Watched
+from .recorder import Recorder
+
+FILE_RE = re.compile(r"flight-(base|event)-([0-9]{8}T[0-9]{6}Z)-([A-Za-z0-9_.-]{1,120})\.db")
+LIGHT_NOTE = "flight ring: 100 ms sample of memory.current and host meminfo only"
+KERNEL_EVERY_S = 10.0      # zoneinfo, buddyinfo, PSI read this often outside a window (1 ms a read here)
+HOST = "host"
+
+
+@dataclass
+class FlightOptions:
+    directory: str
+    base_s: float = 1.0
+    fast_s: float = 0.1                 # ring and trigger rate
+    ring_s: float = 60.0                # kept before a trigger
+    after_s: float = 60.0               # recorded at fast_s after it
+    rotate_s: float = 3600.0
+    retain_s: Optional[float] = 86400.0
+    max_total_bytes: Optional[int] = 2 << 30
+    psi_stall_us: Optional[int] = 100_000     # None: no PSI trigger
+    psi_window_us: int = 2_000_000
+    available_below_bytes: Optional[int] = None
+    kv_fraction: float = 0.9
+    bpf: bool = False                   # eBPF probes in trigger windows (WindowProbes)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:60] or "target"
+
+
+def open_directory(path: str) -> int:
+    """Create path (0700) or take an existing directory of ours, never through a link, and hold
+    an exclusive lock on it: one recorder per directory. Returns its descriptor."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise RecordingError(f"{path}: owned by uid {st.st_uid}, not by this user")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o700)            # what we write there is for this user only
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RecordingError(f"{path}: another flight recorder is writing there") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def our_files(directory: str) -> list[tuple[str, float, int]]:
+    """(name, newest mtime, bytes with its sidecars) of each flight recording in directory: a
+    name FILE_RE matches, a regular file owned by this user. Nothing else is looked at."""
+    out = []
+    me = os.geteuid()
+    with os.scandir(directory) as it:
+        for e in it:
+            if not FILE_RE.fullmatch(e.name):
+                continue
+            try:
+                st = os.lstat(os.path.join(directory, e.name))
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != me:
+                continue
+            mtime, size = st.st_mtime, st.st_size
+            for s in SIDECARS:
+                try:
+                    sst = os.lstat(os.path.join(directory, e.name + s))
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(sst.st_mode):
+                    mtime, size = max(mtime, sst.st_mtime), size + sst.st_size
+            out.append((e.name, mtime, size))
+    return out
+
+
+def remove_file(directory: str, name: str) -> None:
+    """Unlink a flight recording and its sidecars (regular files only; an unlink never follows)."""
+    for p in (name, *(name + s for s in SIDECARS)):
+        path = os.path.join(directory, p)
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def expired(files: list[tuple[str, float, int]], now_wall: float, retain_s: Optional[float],
+            max_total: Optional[int], keep: set[str]) -> list[str]:
+    """Names to delete, oldest first: older than retain_s, then while the total exceeds
+    max_total. Names in keep (open for writing) are never chosen."""
+    out = []
+    files = sorted(files, key=lambda f: f[1])
+    total = sum(f[2] for f in files)
+    for name, mtime, size in files:
+        if name in keep:
+            continue
+        if (retain_s is not None and now_wall - mtime > retain_s) or (max_total is not None and total > max_total):
+            out.append(name)
+            total -= size
+    return out
+
+
+class WindowProbes(ProbeWorker):
+    """The eBPF probes of the trigger windows, host-wide (page cache by file and cgroup, CUDA
+    calls: what feed/live.py follows). Compiled and attached in the worker's own thread when a
+    window opens (bcc compiles for seconds: sampling goes on meanwhile), a report a second from
+    then on, detached when the last window closes: nothing runs, and nothing is added to any
+    page-cache insertion or CUDA call, outside a window (docs/flight-recorder.md, "eBPF")."""
+
+    def __init__(self, proc: str, cgroup_root: str):
+        super().__init__(ProbeSession(ProbeOptions(faults=False, memcg=False), proc=proc, cgroup_root=cgroup_root))
+
+    def _run(self) -> None:
+        try:
+            try:
+                self.session.start()
+            except Exception as e:  # noqa: BLE001 - no probes this window; the samples go on
+                self.error = f"eBPF probes not started: {e}"
+                return
+            super()._run()
+        finally:
+            self.session.close()
+
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Ask the worker to detach and end; wait at most wait_s for it (the sampling loop
+        never waits: a compile still running ends, and detaches, on its own)."""
+        self._stop.set()
+        self._thread.join(wait_s)
+
+
+class Track:
+    """The host or one target: its base file, its event file while a trigger window is open,
+    its full samples of the last ring_s, and its limit-events watch."""
+
+    def __init__(self, key: str, label: str, watched: Optional[Watched], header: dict):
+        self.key, self.label, self.watched, self.header = key, label, watched, header
+        self.base: Optional[Recorder] = None
+        self.base_period = -1
+        self.event: Optional[Recorder] = None
+        self.event_until = 0.0
+        self.event_probes = False           # its header names the probes that ran
+        self.full: collections.deque = collections.deque()
+        self.full_usage: Optional[bytes] = None      # usage counter text at the last whole base sample
+        self.full_at = float("-inf")
+        self.watch: Optional[EventsWatch] = None
+        self.psi: Optional[PsiTrigger] = None
+
+
+class FlightRecorder:
+    """Drive tick() every opts.fast_s (it returns how long to wait, through wait()). log(line) is
+    told about files, triggers and targets."""
+
+    def __init__(self, opts: FlightOptions, targets: TargetSet, log: Callable[[str], None],
+                 proc: str = "/proc", cgroup_root: str = "/sys/fs/cgroup"):
+        self.o, self.ts, self.log = opts, targets, log
+        self.dir_fd = open_directory(opts.directory)
+        self.host_sampler, _first, self.host = open_host(proc, cgroup_root)
+        self.capabilities = checks_to_dicts(run_checks())
+        self.fast = open_sampler(proc=proc, cgroup_root=cgroup_root)       # meminfo + vmstat, no NVML
+        self.meminfo = Reread(f"{proc}/meminfo")
+        self.host_now: Optional[Sample] = None       # the host's sample of this base tick
+        self.host_flat: dict = {}                    # its meminfo and vmstat, flattened
+        self.kernel = HostKernel(proc)
+        self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
+        self.ring: collections.deque = collections.deque(maxlen=max(1, int(opts.ring_s / opts.fast_s)))
+        self.poller = select.poll()
+        self.by_fd: dict[int, tuple[Track, object]] = {}
+        self.host_psi: Optional[PsiTrigger] = None
+        if opts.psi_stall_us:
+            # on a hybrid host the memory controller is on v1, which has no memory.pressure: the
+            # host's /proc/pressure/memory is the one PSI there is (docs/flight-recorder.md)
+            self.host_psi = self._psi(f"{proc}/pressure/memory", self.tracks[HOST])
+        self.low = False
+        self.last_base = float("-inf")
+        self.last_retention = float("-inf")
+        self.n_fast = 0
+        self.dirty: set = set()                      # recorders written since the last commit
+        self.probes: Optional[WindowProbes] = None
+        self.proc, self.cgroup_root = proc, cgroup_root
+        self.kernel_at = float("-inf")
+
+    # -- triggers --------------------------------------------------------------------------
+    def _psi(self, path: str, tr: Track) -> Optional[PsiTrigger]:
+        try:
+            t = PsiTrigger(path, self.o.psi_stall_us, self.o.psi_window_us)
+        except OSError as e:
+            self.log(f"no PSI trigger on {path}: {e.strerror or e}")
+            return None
+        self._register(t, tr)
+        return t
+
+    def _register(self, obj, tr: Track) -> None:
+        self.poller.register(obj.fileno(), obj.poll_events)
+        self.by_fd[obj.fileno()] = (tr, obj)
+
+    def _unregister(self, obj) -> None:
+        if obj is not None:
+            self.poller.unregister(obj.fileno())
+            self.by_fd.pop(obj.fileno(), None)
+            obj.close()
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until timeout_s or a trigger descriptor is ready (then handled at once)."""
+        for fd, _ev in self.poller.poll(max(0, int(timeout_s * 1000))):
+            tr, obj = self.by_fd.get(fd, (None, None))
+            if isinstance(obj, PsiTrigger):
+                try:
+                    if obj.fired():
+                        self.trigger("psi", tr, f"memory pressure: some task stalled >= {self.o.psi_stall_us / 1e3:g} "
+                                                f"ms within {self.o.psi_window_us / 1e6:g} s ({obj.path})")
+                except OSError:
+                    self._unregister(obj)
+                    tr.psi = None
+            elif isinstance(obj, EventsWatch):
+                self._events(tr)
+
+    def _events(self, tr: Track) -> None:
+        grew = tr.watch.changes()
+        where = tr.watched.follower.target.cgroup_path if tr.watched else "?"
+        if grew.get("oom_kill"):
+            self.trigger("oom_kill", tr, f"OOM kill in memory cgroup {where} of {tr.label} "
+                                         f"(oom_kill +{grew['oom_kill']})", grew)
+        elif grew.get("max"):
+            self.trigger("max", tr, f"memory cgroup {where} of {tr.label} hit its limit (max +{grew['max']})", grew)
+
+    def trigger(self, kind: str, tr: Track, message: str, facts: Optional[dict] = None) -> None:
+        """Open (or extend) the event windows: the host and the track for a target's trigger,
+        the host and every target for a host-wide one. A failed charge ("max") opens a window
+        but never extends one: a cgroup living at its limit would record at 100 ms for ever."""
+        now = time.monotonic()
+        value = {"kind": kind, "message": message, "target": tr.key, "label": tr.label,
+                 "wall_ns": time.time_ns(), "facts": facts or {}}
+        self.log(f"trigger {kind}: {message}")
+        if self.o.bpf and self.probes is None:
+            self.probes = WindowProbes(self.proc, self.cgroup_root)
+            self.log("eBPF probes starting for the trigger window")
+        hit = list(self.tracks.values()) if tr.key == HOST else [self.tracks[HOST], tr]
+        for t in hit:
+            if t.event is None:
+                self._open_event(t, kind, value)
+            elif kind == "max":
+                continue
+            t.event.w.add_event(time.monotonic_ns(), "trigger", value)
+            self.dirty.add(t.event)
+            t.event_until = now + self.o.after_s
+
+    def _open_event(self, tr: Track, kind: str, value: dict) -> None:
+        hdr = dict(tr.header, interval_ns=int(self.o.fast_s * 1e9), flight=dict(self._flight(tr), trigger=value))
+        tr.event = self._create("event", f"{kind}-{slug(tr.label)}", hdr)
+        tr.event_probes = False
+        if tr.event is None:
+            return
+        # the minute before: full base samples and the 100 ms ring, in time order
+        light = [self._light(tr, e) for e in self.ring]
+        for s in sorted([*tr.full, *(x for x in light if x is not None)], key=lambda s: s.mono_ns):
+            tr.event.write(FeedItem(sample=s))
+
+    def _light(self, tr: Track, entry) -> Optional[Sample]:
+        mono, wall, meminfo_raw, usage = entry
+        notes = [LIGHT_NOTE]
+        meminfo = None
+        if meminfo_raw is not None:
+            try:
+                meminfo = meminfo_from_kv(checked_kv(self.meminfo.path, meminfo_raw, notes))
+            except MalformedFile as e:
+                notes.append(f"{self.meminfo.path}: {e.reason}")
+        if tr.key == HOST:
+            return Sample(mono_ns=mono, wall_ns=wall, meminfo=meminfo, notes=notes)
+        if tr.key not in usage or not tr.full:
+            return None
+        cg = tr.full[-1].cgroup
+        cgs = CgroupSample(path=cg.path, version=cg.version, current_bytes=usage_from_raw(usage[tr.key])) \
+            if cg else None
+        return Sample(mono_ns=mono, wall_ns=wall, meminfo=meminfo, cgroup=cgs, notes=notes)
+
+    # -- files -----------------------------------------------------------------------------
+    def _header(self, target) -> dict:
+        """The header of a flight recording of target (None: the host); recording.py lists its keys."""
+        t = {"kind": "host", "description": "the host"}
+        if target is not None:
+            t = dict(target_to_dict(target), description=target.describe())
+        return {"host": dataclasses.asdict(self.host), "capabilities": self.capabilities, "target": t,
+                "probes": None, "interval_ns": int(self.o.base_s * 1e9), "argv": sys.argv,
+                "started_wall_ns": time.time_ns(), "kv_fraction": self.o.kv_fraction, "pid": os.getpid()}
+
+    def _flight(self, tr: Track) -> dict:
+        return {"key": tr.key, "label": tr.label, "rotate_s": self.o.rotate_s, "base_s": self.o.base_s,
+                "fast_s": self.o.fast_s, "ring_s": self.o.ring_s}
+
+    def _create(self, kind: str, rest: str, header: dict) -> Optional[Recorder]:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for n in range(100):
+            name = f"flight-{kind}-{stamp}-{rest}{'' if n == 0 else f'-{n}'}.db"
+            path = os.path.join(self.o.directory, name)
+            try:
+                rec = Recorder(path, header)
+            except RecordingError as e:
+                if os.path.lexists(path):
+                    continue             # taken (a restart within the same second): never overwritten
+                self.log(f"cannot create {path}: {e}")
+                return None
+            self.log(f"writing {path}")
+            return rec
+        return None
+
+    def _close(self, rec: Optional[Recorder]) -> None:
+        if rec is not None:
+            self.dirty.discard(rec)
+            note = rec.close()
+            if note:
+                self.log(note)
+
+    def open_names(self) -> set[str]:
+        return {os.path.basename(r.path) for t in self.tracks.values() for r in (t.base, t.event) if r is not None}
+
+    def retention(self) -> None:
+        names = expired(our_files(self.o.directory), time.time(), self.o.retain_s, self.o.max_total_bytes,
+                        self.open_names())
+        for name in names:
+            remove_file(self.o.directory, name)
+            self.log(f"deleted {name} (retention)")
+
+    # -- targets ---------------------------------------------------------------------------
+    def _sync_targets(self) -> None:
+        """Tracks for the targets the TargetSet follows now; one that left is an exit trigger."""
+        try:
+            self.ts.update()
+        except Exception as e:  # noqa: BLE001 - listing again next time
+            self.log(f"targets: {type(e).__name__}: {e}")
+        for key in [k for k in self.tracks if k != HOST and k not in self.ts.watched]:
+            tr = self.tracks[key]
+            self.trigger("exit", tr, f"{tr.label} is gone")
+            self._drop(tr)
+        for key, w in self.ts.watched.items():
+            if key not in self.tracks:
+                self._add(key, w)
+
+    def _add(self, key: str, w: Watched) -> None:
+        tr = self.tracks[key] = Track(key, w.label, w, self._header(w.follower.target))
+        self._watch(tr)
+
+    def _watch(self, tr: Track) -> None:
+        t = tr.watched.follower.target
+        if not t.cgroup_dir:
+            return
+        try:
+            tr.watch = EventsWatch(t.cgroup_dir, t.cgroup_version)
+            self._register(tr.watch, tr)
+        except OSError as e:
+            self.log(f"{tr.label}: no limit events ({e.strerror or e}); exits and samples still recorded")
+        if t.cgroup_version == 2 and self.o.psi_stall_us:
+            tr.psi = self._psi(f"{t.cgroup_dir}/memory.pressure", tr)
+
+    def _drop(self, tr: Track) -> None:
+        self._unregister(tr.watch)
+        self._unregister(tr.psi)
+        tr.watch = tr.psi = None
+        self._close(tr.base)
+        self._close(tr.event)
+        del self.tracks[tr.key]
+
+    # -- sampling --------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        base = now - self.last_base >= self.o.base_s - self.o.fast_s / 2
+        if base:
+            self.last_base = now
+            self._sync_targets()
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        usage = {k: t.watch.usage_raw() for k, t in self.tracks.items() if t.watch is not None}
+        meminfo = self.meminfo.raw()
+        self.ring.append((mono, wall, meminfo, usage))
+        if self.o.available_below_bytes is not None:
+            self._available(meminfo)
+        for tr in list(self.tracks.values()):
+            if tr.event is not None and now >= tr.event_until:
+                self._close(tr.event)
+                tr.event = None
+            if base and tr.watch is not None and tr.watch.version == 1:
+                self._events(tr)      # v1 failcnt has no notification: looked at once a base period
+            if tr.event is not None or (base and self._due(tr, usage.get(tr.key), now)):
+                self._sample(tr, base, usage.get(tr.key), now)
+        if self.probes is not None and all(t.event is None for t in self.tracks.values()):
+            self.probes.stop()
+            self.log("eBPF probes stopped: no trigger window open" + (f" ({self.probes.error})"
+                                                                       if self.probes.error else ""))
+            self.probes = None
+        if base:
+            for r in self.dirty:
+                r.commit()                    # at most one second is ever uncommitted (kill -9)
+            self.dirty.clear()
+            if now - self.last_retention >= 60 or self.n_fast == 0:
+                self.last_retention = now
+                self.retention()
+        self.n_fast += 1
+
+    def _due(self, tr: Track, usage_raw: Optional[bytes], now: float) -> bool:
+        """Read this track whole at this base tick? The host always; a target when its usage
+        counter moved (or could not be read: gone or re-created, which its Follower tells)."""
+        if tr.key == HOST or tr.watch is None or usage_raw is None:
+            return True
+        return usage_raw != tr.full_usage or now - tr.full_at >= STAT_MAX_AGE_S
+
+    def _available(self, meminfo_raw: Optional[bytes]) -> None:
+        limit = self.o.available_below_bytes
+        try:
+            kv = checked_kv(self.meminfo.path, meminfo_raw, None, wanted=("MemAvailable",)) if meminfo_raw else None
+        except MalformedFile:
+            kv = None
+        avail = kv.values.get("MemAvailable") if kv is not None else None
+        if avail is None:
+            return
+        low = avail < limit
+        if low and not self.low:
+            self.trigger("available", self.tracks[HOST], f"MemAvailable {avail >> 20} MiB < {limit >> 20} MiB")
+        self.low = low
+
+    def _sample(self, tr: Track, base: bool, usage_raw: Optional[bytes], now: float) -> None:
+        flat = None
+        if tr.key == HOST:
+            s = self.host_sampler.sample() if base else self.fast.sample()
+            if base:
+                self.host_now = s
+                self.host_flat = {**flatten(s.meminfo, "meminfo"), **flatten(s.vmstat, "vmstat")}
+            if tr.event is not None or now - self.kernel_at >= KERNEL_EVERY_S:
+                self.kernel_at = now
+                self.kernel.poll(s)
+            item = FeedItem(sample=s, kernel=self.kernel.kernel, before=self.kernel.before(s))
+        else:
+            item = self._target_item(tr)
+            if item is None:
+                return
+            if base and self.host_now is not None:
+                # the host's meminfo and vmstat of this tick, flattened once for every target
+                item.sample.meminfo, item.sample.vmstat = self.host_now.meminfo, self.host_now.vmstat
+                flat = flatten({f.name: getattr(item.sample, f.name) for f in dataclasses.fields(Sample)
+                                if f.name not in ("meminfo", "vmstat")})
+                flat.update(self.host_flat)
+        s = item.sample
+        if base:
+            tr.full_usage, tr.full_at = usage_raw, now
+            tr.full.append(s)
+            while tr.full and s.mono_ns - tr.full[0].mono_ns > self.o.ring_s * 1e9:
+                tr.full.popleft()
+            self._write_base(tr, item, flat)
+        if tr.event is not None:
+            r = self.probes.report if self.probes is not None else None
+            if r is not None:
+                if not tr.event_probes:
+                    tr.event_probes = True         # what ran, as `record` says it in its header
+                    tr.event.w.set_header("probes", [dataclasses.asdict(p) for p in r.probes])
+                item = dataclasses.replace(item, report=r)
+            tr.event.write(item, flat)
+            self.dirty.add(tr.event)
+
+    def _target_item(self, tr: Track) -> Optional[FeedItem]:
+        w = tr.watched
+        try:
+            s, events = w.follower.tick()
+        except Exception as e:  # noqa: BLE001 - one target's failure leaves the others
+            self.log(f"{tr.label}: {type(e).__name__}: {e}")
+            return None
+        for e in events:
+            if e.kind == "cgroup-changed":
+                self._unregister(tr.watch)
+                self._unregister(tr.psi)
+                tr.watch = tr.psi = None
+                self._watch(tr)
+                self.trigger("restart", tr, e.message)
+        if s is None:
+            return None
+        if tr.event is not None:            # file mappings and siblings only inside a window
+            w.context.poll(s, w.follower.target, w.follower.sampler.cgfs)
+        evs = [{"kind": e.kind, "message": e.message, "wall_ns": e.wall_ns, "facts": e.facts} for e in events]
+        return FeedItem(sample=s, events=evs, mapped_files=w.context.mapped_files,
+                        other_cgroups=w.context.other_cgroups)
+
+    def _write_base(self, tr: Track, item: FeedItem, flat: Optional[dict]) -> None:
+        period = int(time.time() // self.o.rotate_s)
+        if tr.base is not None and period != tr.base_period:
+            self._close(tr.base)
+            tr.base = None
+        if tr.base is None:
+            tr.base = self._create("base", slug(tr.label), dict(tr.header, flight=self._flight(tr)))
+            tr.base_period = period
+            if tr.base is None:
+                return
+            self.retention()
+        try:
+            tr.base.write(item, flat)
+            self.dirty.add(tr.base)
+        except RecordingError as e:             # disk full: said, and tried again next period
+            self.log(str(e))
+            self._close(tr.base)
+            tr.base = None
+
+    def close(self) -> None:
+        if self.probes is not None:
+            self.probes.stop(wait_s=10.0)
+        for tr in list(self.tracks.values()):
+            if tr.key != HOST:
+                self._drop(tr)
+        host = self.tracks.pop(HOST)
+        self._close(host.base)
+        self._close(host.event)
+        self._unregister(self.host_psi)
+        self.ts.close()
+        self.host_sampler.close()
+        self.fast.close()
+        self.meminfo.close()
+        os.close(self.dir_fd)

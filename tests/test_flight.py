@@ -1,0 +1,214 @@
+"""The flight recorder as a service, for real: `memprobe record --dir` runs as a background
+process over a live memory cgroup (v1 here, v2 elsewhere: tests/livecg.py); the cgroup is driven
+into an OOM kill; the report of that event; rotation and retention; kill -9 and a restart."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+
+import pytest
+
+from livecg import MiB, LiveCgroup, fresh_file
+from test_psi import cg  # noqa: F401 - the live cgroup fixture
+from spark_memprobe.analysis.flight import flight_files
+from spark_memprobe.cli import main
+from spark_memprobe.feed.flight import LIGHT_NOTE, expired
+from spark_memprobe.recording import Recording
+from spark_memprobe.sources.bpf import base_status
+from spark_memprobe.sources.bpf.supported import tracefs
+
+
+def recorder(d: str, cg: LiveCgroup, *extra: str, bpf: bool = False) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-m", "spark_memprobe.cli", "record", "--dir", d,
+                          "--bpf" if bpf else "--no-bpf", "--psi-stall", "off", f"cgroup:{cg.path}", *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return p
+
+
+def wait_for(pred, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def stop(p: subprocess.Popen) -> str:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=20)
+    return out
+
+
+def base_files(d: str, who: str) -> list:
+    return [f for f in flight_files(d) if f.kind == "base" and re.fullmatch(re.escape(who) + r"(-[0-9]+)?", f.rest)]
+
+
+def test_oom_kill_is_recorded_at_100ms_and_reported(cg, tmp_path):
+    d = str(tmp_path / "flight")
+    cg.start_child()
+    cg.set("memory.limit_in_bytes" if cg.version == 1 else "memory.max", str(96 * MiB))
+    label = f"cgroup:{cg.path}".replace(":", "_").replace("/", "_")
+    p = recorder(d, cg, "--after", "2s")
+    try:
+        wait_for(lambda: os.path.isdir(d) and base_files(d, label))
+        time.sleep(1.0)
+        for _ in range(6):                           # grows 48 MiB over 3 s, then asks for too much
+            cg.do(f"anon {8 * MiB}")
+            time.sleep(0.5)
+        with pytest.raises(RuntimeError):
+            cg.do(f"anon {128 * MiB}")
+        cg.child.wait()
+        wait_for(lambda: any(f.kind == "event" for f in flight_files(d)))
+        time.sleep(2.5)                              # the 2 s after the kill
+    finally:
+        out = stop(p)
+    assert "trigger oom_kill" in out, out
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(f.path).st_mode) == 0o600 for f in flight_files(d))
+    ev = [f for f in flight_files(d) if f.kind == "event"]
+    assert {f.rest.split("-", 1)[1] for f in ev} == {"host", label}      # the target's window and the host's
+    target_ev = next(f for f in ev if f.rest.endswith(label))
+    with Recording(target_ev.path) as rec:
+        trig = next(e for e in rec.events("trigger") if e.value["kind"] == "oom_kill")
+        before = [i for i, m in enumerate(rec.mono) if m < trig.mono_ns]
+        gaps = [(rec.mono[i + 1] - rec.mono[i]) / 1e6 for i in before[:-1]]
+        light = [s for s in rec.samples(0, len(before)) if LIGHT_NOTE in s.notes]
+    # the ring: every 100 ms from the recorder's start (more than 4 s before the kill) to it
+    assert len(before) >= 40 and len(light) >= 30, (len(before), len(light))
+    # each holds the usage counter and the host's meminfo of its 100 ms tick
+    assert all(s.cgroup.current_bytes and s.meminfo.bytes["MemTotal"] for s in light)
+    assert max(s.cgroup.current_bytes for s in light) - min(s.cgroup.current_bytes for s in light) >= 40 * MiB
+    assert sum(1 for g in gaps if g <= 150) >= 0.8 * len(gaps), gaps
+    text = io.StringIO()
+    with redirect_stdout(text):
+        assert main(["report", d, "--event", "oom"]) == 0
+    md = text.getvalue()
+    assert "**trigger" in md and "OOM kill in memory cgroup" in md and "oom_kill +1" in md
+    grew = md.split("before it: ", 1)[1].split("|")[0]
+    assert "anon +" in grew, grew                  # what grew: the child's anonymous memory
+    assert "every 0.1 s" in md
+
+
+def test_kill_9_loses_at_most_a_second_and_a_restart_overwrites_nothing(cg, tmp_path):
+    d = str(tmp_path / "flight")
+    cg.start_child()
+    p = recorder(d, cg)
+    try:
+        wait_for(lambda: os.path.isdir(d) and base_files(d, "host"))
+        time.sleep(3.2)
+        killed_at = time.time_ns()
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        stop(p)
+    first = {f.path: Recording(f.path) for f in flight_files(d)}
+    try:
+        host = first[base_files(d, "host")[0].path]
+        last_wall = host.timeline(["mem_total_bytes"])[-1][1]
+        n_first = {path: len(r) for path, r in first.items()}
+    finally:
+        for r in first.values():
+            r.close()
+    # the last committed sample is at most a second (plus this loaded VM's scheduling) before the kill
+    assert killed_at - last_wall <= 1.25e9, (killed_at - last_wall) / 1e9
+    # also in a file written rarely: the idle target's, read whole once in 30 s
+    assert len(n_first) == 2 and all(n >= 1 for n in n_first.values()), n_first
+    p = recorder(d, cg)
+    try:
+        wait_for(lambda: len(base_files(d, "host")) == 2)
+        time.sleep(1.2)
+    finally:
+        stop(p)
+    for path, n in n_first.items():
+        with Recording(path) as r:
+            assert len(r) == n                       # the first run's files are untouched
+    assert len(flight_files(d)) == 2 * len(n_first)
+
+
+def test_rotation_and_retention_delete_only_their_own_old_files(cg, tmp_path):
+    d = tmp_path / "flight"
+    d.mkdir(mode=0o755)
+    foreign = d / "notes.txt"
+    foreign.write_text("mine")
+    victim = tmp_path / "victim.db"
+    victim.write_text("not a recording")
+    (d / "flight-base-20000101T000000Z-link.db").symlink_to(victim)      # planted: never followed
+    old = d / "flight-base-20000101T000000Z-old.db"
+    old.write_bytes(b"SQLite format 3\x00")
+    os.utime(old, (946684800, 946684800))
+    os.utime(foreign, (946684800, 946684800))
+    p = recorder(str(d), cg, "--rotate", "1s", "--retain", "3s")
+    seen: set = set()
+
+    def made(k: int) -> bool:
+        seen.update(f.path for f in base_files(str(d), "host"))
+        return len(seen) >= k
+    try:
+        wait_for(lambda: made(6), timeout=15)          # more than the 3 s kept can hold
+        time.sleep(0.5)
+    finally:
+        out = stop(p)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert foreign.read_text() == "mine" and victim.read_text() == "not a recording"
+    assert (d / "flight-base-20000101T000000Z-link.db").is_symlink()
+    assert not old.exists() and "deleted flight-base-20000101T000000Z-old.db" in out
+    host = base_files(str(d), "host")
+    # rotated every second; those older than 3 s were deleted, the newest are kept whole
+    assert 2 <= len(host) <= 5, [f.path for f in host]
+    assert "deleted flight-base-" in out.replace("deleted flight-base-20000101T000000Z-old.db", "")
+    for f in host:
+        with Recording(f.path) as r:
+            assert len(r) >= 1
+    # by size: the oldest go first, a file open for writing never
+    files = [("a", 1.0, 100), ("b", 2.0, 100), ("c", 3.0, 100)]
+    assert expired(files, 10.0, None, 250, keep={"a"}) == ["b"]
+    assert expired(files, 10.0, None, 150, keep={"a"}) == ["b", "c"]
+    assert expired(files, 10.0, 8.5, None, keep=set()) == ["a"]
+
+
+_bpf_ok, _bpf_why = base_status()
+
+
+@pytest.mark.bpf
+@pytest.mark.skipif(not _bpf_ok, reason=f"eBPF probes unavailable: {_bpf_why}")
+@pytest.mark.skipif(tracefs() is None, reason="tracefs not mounted (mount -t tracefs tracefs /sys/kernel/tracing)")
+def test_trigger_window_gets_the_ebpf_reports_and_only_it(cg, tmp_path):
+    d = str(tmp_path / "flight")
+    cg.start_child()
+    cg.set("memory.limit_in_bytes" if cg.version == 1 else "memory.max", str(32 * MiB))
+    big, second = fresh_file(str(tmp_path), 64 * MiB), fresh_file(str(tmp_path), 8 * MiB)
+    p = recorder(d, cg, "--after", "6s", bpf=True)
+    try:
+        wait_for(lambda: os.path.isdir(d) and base_files(d, "host"))
+        time.sleep(1.0)
+        cg.do(f"read {big}")                       # page cache twice the limit: failed charges ("max")
+        wait_for(lambda: any(f.kind == "event" for f in flight_files(d)))
+        end = time.monotonic() + 4
+        while time.monotonic() < end:              # inside the window, once the probes are attached
+            cg.do(f"read {second}")
+            fd = os.open(second, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)     # read again: added again
+            os.close(fd)
+            time.sleep(0.2)
+        time.sleep(4.0)                             # the window ends, the probes detach
+    finally:
+        out = stop(p)
+    assert "trigger max" in out and "eBPF probes starting" in out, out
+    assert "eBPF probes stopped: no trigger window open" in out, out
+    ino = os.stat(second).st_ino
+    for f in flight_files(d):
+        with Recording(f.path) as rec:
+            reports = [e.value for e in rec.events("probes")]
+        if f.kind == "base":
+            assert reports == [], f.path               # outside a window nothing is probed
+            continue
+        assert reports, f"no eBPF report in {f.path}"
+        files = [pc for r in reports for pc in r.get("page_cache") or [] if pc["inode"] == ino]
+        assert any(pc["added_pages"] > 0 for pc in files), (f.path, [r.get("page_cache") for r in reports])
