@@ -1,0 +1,155 @@
+"""Base cost of the flight recorder (docs/performance.md, "Issue 22: flight recorder"): N live
+memory cgroups with a small process each, `memprobe record --dir` over all of them at 1 Hz, its
+CPU time (utime + stime from /proc/<pid>/stat) over a measured stretch after a warm-up, and the
+bytes it wrote, scaled to a day. Beside it, over the same cgroups and the same seconds:
+  - the floor: a loop doing only the reads the recorder must do (per second the host's meminfo
+    and vmstat and each target's cgroup files and its process's status, per 100 ms meminfo and
+    each usage counter), with descriptors kept open and nothing parsed;
+  - with --before DIR, the recorder from another copy of the package (DIR holds spark_memprobe/).
+--busy: each cgroup's process reads a 1 MiB file into the page cache, or the bench drops those
+pages (POSIX_FADV_DONTNEED), every second, so that every usage counter moves (idle targets are
+read whole only every 30 s, feed/flight.py; freed anonymous memory would stay with malloc).
+Run as root: python scripts/bench/bench_flight.py [N] [SECONDS] [--busy] [--before DIR]"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
+from livecg import MiB, LiveCgroup, fresh_file  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def cpu_s(pid: int) -> float:
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bytes_per_day(d: str) -> tuple[float, int]:
+    """What the closed recordings in d hold per day of recording: the sample blobs and event
+    texts plus about 40 bytes a row (SQLite's row and index overhead), over each file's span;
+    the header and path table, written once per file and rotation, are left out. Also returns
+    the samples written."""
+    total, samples = 0.0, 0
+    for n in os.listdir(d):
+        if not n.endswith(".db"):
+            continue
+        with sqlite3.connect(f"file:{os.path.join(d, n)}?mode=ro", uri=True) as db:
+            rows, data, first, last = db.execute("SELECT count(*), sum(length(data)), min(mono_ns), max(mono_ns) "
+                                                 "FROM samples").fetchone()
+            erows, edata = db.execute("SELECT count(*), sum(length(value)) FROM events").fetchone()
+        samples += rows
+        if rows and last > first:
+            total += (data + (edata or 0) + 40 * (rows + erows)) / ((last - first) / 1e9) * 86400
+    return total, samples
+
+
+def floor(args: list[str]) -> None:
+    """The raw reads alone: args are cgroup-dir:pid pairs (run as a child of the bench)."""
+    def fd(p: str) -> int:
+        return os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    meminfo, vmstat = fd("/proc/meminfo"), fd("/proc/vmstat")
+    usage, whole = [], []
+    for a in args:
+        d, pid = a.rsplit(":", 1)
+        v1 = os.path.exists(f"{d}/memory.usage_in_bytes")
+        names = ["memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.limit_in_bytes", "memory.stat",
+                 "memory.oom_control", "memory.failcnt", "memory.kmem.usage_in_bytes"] if v1 else \
+            ["memory.current", "memory.peak", "memory.max", "memory.high", "memory.stat", "memory.events",
+             "memory.pressure"]
+        fds = [fd(f"{d}/{n}") for n in names if os.path.exists(f"{d}/{n}")]
+        usage.append(fds[0])
+        whole.append(fds + [fd(f"{d}/cgroup.procs"), fd(f"/proc/{pid}/status")])
+    n = 0
+    while True:
+        os.pread(meminfo, 65536, 0)
+        for f in usage:
+            os.pread(f, 64, 0)
+        if n % 10 == 0:
+            os.pread(meminfo, 65536, 0)
+            os.pread(vmstat, 65536, 0)
+            for fds in whole:
+                for f in fds:
+                    os.pread(f, 65536, 0)
+        n += 1
+        time.sleep(0.1)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["--floor"]:
+        return floor(argv[1:])
+    busy = "--busy" in argv
+    before = argv[argv.index("--before") + 1] if "--before" in argv else None
+    pos = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] != "--before")]
+    n = int(pos[0]) if pos else 20
+    secs = float(pos[1]) if len(pos) > 1 else 60
+    cgs = []
+    d = tempfile.mkdtemp(prefix="bench-flight-")
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for _ in range(n):
+            cg = LiveCgroup()
+            cgs.append(cg)
+            cg.start_child()
+        files = [fresh_file(d, MiB) for _ in cgs] if busy else []
+        targets = [f"cgroup:{cg.path}" for cg in cgs]
+        runs = {"now": ROOT, **({"before": os.path.abspath(before)} if before else {})}
+        for name, root in runs.items():
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "spark_memprobe.cli", "record", "--dir", os.path.join(d, name), "--no-bpf",
+                 *targets], stdout=subprocess.DEVNULL, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+        procs["floor"] = subprocess.Popen([sys.executable, __file__, "--floor",
+                                           *[f"{cg.dir}:{cg.child.pid}" for cg in cgs]])
+        time.sleep(5)                                   # start-up: imports, host facts, first files
+        c0 = {k: cpu_s(p.pid) for k, p in procs.items()}
+        t0 = time.monotonic()
+        grown = False
+        while time.monotonic() - t0 < secs:
+            if busy:                                    # every usage counter moves every second
+                for cg, path in zip(cgs, files):
+                    if grown:
+                        fd = os.open(path, os.O_RDONLY)
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        os.close(fd)
+                    else:
+                        cg.do(f"read {path}")
+                grown = not grown
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0))
+        t1 = time.monotonic()
+        c1 = {k: cpu_s(p.pid) for k, p in procs.items()}
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=20)
+        day = {k: bytes_per_day(os.path.join(d, k)) for k in runs}
+        print(f"{n} cgroups ({'busy: 1 MiB cached or dropped in each every second' if busy else 'idle'}) "
+              f"+ host at 1 Hz, measured {t1 - t0:.0f} s after a 5 s warm-up, side by side:")
+        for k in procs:
+            share = (c1[k] - c0[k]) / (t1 - t0) * 100
+            disk = f"; {day[k][1]} samples, {day[k][0] / 2**20:.0f} MiB/day on disk" if k in runs else ""
+            print(f"  {k:7s} {share:5.2f} % of a core ({(c1[k] - c0[k]) / (t1 - t0) / (n + 1) * 1e3:.3f} ms "
+                  f"per target-second){disk}")
+        print("note: measured on a shared 2-vCPU CI VM while other engineers ran tests")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for cg in cgs:
+            cg.cleanup()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
