@@ -77,6 +77,8 @@ struct mp_sample {
     int64_t mono_ns;                     /* CLOCK_MONOTONIC when the tick started */
     int64_t wall_ns;                     /* CLOCK_REALTIME when the tick started */
     int64_t read_ns;                     /* how long the tick took */
+    int64_t stat_mono_ns;                /* mono_ns of the tick that read cg_stat and procs[].status:
+                                          * mono_ns when read now, older when carried (mp_target_set_skip) */
     struct mp_filehdr hdr[MP_NSLOTS];
     int64_t meminfo[MP_MEMINFO_KEYS];    /* bytes where the line said kB, else the raw count */
     int64_t vmstat[MP_VMSTAT_KEYS];
@@ -102,6 +104,12 @@ int mp_key_name(struct mp_target *t, int slot, int idx, char *out, int outlen);
 int mp_key_is_kb(struct mp_target *t, int slot, int idx);
 const char *mp_status_key(int idx);
 
+/* Poll less (docs/performance.md): with max_age_ns > 0, mp_sample_once carries cg_stat and the
+ * processes' status from the last tick that read them while the usage counter (cg_current) has
+ * not moved since, the process set is the same and that read is younger than max_age_ns;
+ * stat_mono_ns then says when they were read.  0 turns it off (the default).  The ring thread
+ * always reads everything. */
+int mp_target_set_skip(struct mp_target *t, int64_t max_age_ns);
 int mp_sample_once(struct mp_target *t, struct mp_sample *out);
 
 /* Ring flags.  NVML is left out of the ring unless asked for: one NVML query takes

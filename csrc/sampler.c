@@ -42,6 +42,14 @@ struct mp_target {
     int nvml_on;
     char *buf;
 
+    /* poll less: the last full read of cg_stat and the status files (mp_target_set_skip) */
+    int64_t skip_max_age_ns;              /* 0: read everything every tick */
+    int full_valid;                       /* 0: the next tick reads in full */
+    int64_t full_mono_ns, full_current;
+    struct mp_filehdr full_stat_hdr;
+    int64_t full_stat[MP_CGSTAT_KEYS];
+    struct mp_proc full_procs[MP_PROCS_MAX];
+
     /* sampler thread */
     pthread_t thr;
     int running;
@@ -175,6 +183,7 @@ int mp_target_set_file(struct mp_target *t, int slot, const char *path)
     if (t->fd[slot] >= 0)
         close(t->fd[slot]);
     t->fd[slot] = fd;
+    t->full_valid = 0;
     pthread_mutex_unlock(&t->lock);
     return 0;
 }
@@ -196,6 +205,18 @@ int mp_target_set_pids(struct mp_target *t, const char *proc_root, const int32_t
         t->pid_err[i] = fd >= 0 ? 0 : fd;
     }
     t->nprocs = n;
+    t->full_valid = 0;
+    pthread_mutex_unlock(&t->lock);
+    return 0;
+}
+
+int mp_target_set_skip(struct mp_target *t, int64_t max_age_ns)
+{
+    if (max_age_ns < 0)
+        return -EINVAL;
+    pthread_mutex_lock(&t->lock);
+    t->skip_max_age_ns = max_age_ns;
+    t->full_valid = 0;
     pthread_mutex_unlock(&t->lock);
     return 0;
 }
@@ -301,38 +322,9 @@ static void read_single(struct mp_target *t, int slot, int64_t *val, struct mp_f
         *val = MP_MISSING;
 }
 
-static int sample_into(struct mp_target *t, struct mp_sample *s, int nvml)
+static void read_procs(struct mp_target *t, struct mp_sample *s)
 {
-    struct mp_filehdr ph;
     int full, n;
-
-    pthread_mutex_lock(&t->lock);
-    s->mono_ns = now_ns(CLOCK_MONOTONIC);
-    s->wall_ns = now_ns(CLOCK_REALTIME);
-    read_kv(t, MP_SLOT_MEMINFO, s->meminfo, &s->hdr[MP_SLOT_MEMINFO]);
-    read_kv(t, MP_SLOT_VMSTAT, s->vmstat, &s->hdr[MP_SLOT_VMSTAT]);
-    read_kv(t, MP_SLOT_CG_STAT, s->cg_stat, &s->hdr[MP_SLOT_CG_STAT]);
-    read_kv(t, MP_SLOT_CG_EVENTS, s->cg_events, &s->hdr[MP_SLOT_CG_EVENTS]);
-    read_single(t, MP_SLOT_CG_CURRENT, &s->cg_current, &s->hdr[MP_SLOT_CG_CURRENT]);
-    read_single(t, MP_SLOT_CG_PEAK, &s->cg_peak, &s->hdr[MP_SLOT_CG_PEAK]);
-    read_single(t, MP_SLOT_CG_MAX, &s->cg_max, &s->hdr[MP_SLOT_CG_MAX]);
-    read_single(t, MP_SLOT_CG_HIGH, &s->cg_high, &s->hdr[MP_SLOT_CG_HIGH]);
-    read_single(t, MP_SLOT_CG_SWAP, &s->cg_swap, &s->hdr[MP_SLOT_CG_SWAP]);
-    read_single(t, MP_SLOT_CG_FAILCNT, &s->cg_failcnt, &s->hdr[MP_SLOT_CG_FAILCNT]);
-    read_single(t, MP_SLOT_CG_KMEM, &s->cg_kmem, &s->hdr[MP_SLOT_CG_KMEM]);
-
-    memset(&ph, 0, sizeof(ph));
-    for (int i = 0; i < MP_PRESSURE_VALUES; i++)
-        s->pressure[i] = MP_MISSING;
-    if (t->fd[MP_SLOT_CG_PRESSURE] < 0) {
-        ph.err = -EBADF;
-    } else if ((n = read_fd(t, t->fd[MP_SLOT_CG_PRESSURE], &full)) < 0) {
-        ph.err = n;
-    } else if ((ph.err = mp_parse_pressure(t->buf, n, s->pressure)) != 0) {
-        for (int i = 0; i < MP_PRESSURE_VALUES; i++)
-            s->pressure[i] = MP_MISSING;
-    }
-    s->hdr[MP_SLOT_CG_PRESSURE] = ph;
 
     s->nprocs = t->nprocs;
     for (int i = 0; i < t->nprocs; i++) {
@@ -354,6 +346,79 @@ static int sample_into(struct mp_target *t, struct mp_sample *s, int nvml)
         for (int k = 0; k < MP_STATUS_KEYS; k++)
             p->status[k] = MP_MISSING;
     }
+}
+
+/* Carry cg_stat and the status values of the last full read?  Only while the usage counter
+ * has not moved since it, and it is younger than skip_max_age_ns: counters such as pgfault and
+ * the LRU split (active/inactive) move without the usage moving, which the age bounds. */
+static int carry_full(struct mp_target *t, const struct mp_sample *s)
+{
+    return t->skip_max_age_ns > 0 && t->full_valid && s->hdr[MP_SLOT_CG_CURRENT].err == 0 &&
+           s->cg_current == t->full_current && s->mono_ns - t->full_mono_ns < t->skip_max_age_ns;
+}
+
+/* Keep this full read for the ticks after it: only one that read every file cleanly. */
+static void keep_full(struct mp_target *t, const struct mp_sample *s)
+{
+    t->full_valid = s->hdr[MP_SLOT_CG_CURRENT].err == 0 && s->hdr[MP_SLOT_CG_STAT].err == 0 &&
+                    !s->hdr[MP_SLOT_CG_STAT].bad_lines && !s->hdr[MP_SLOT_CG_STAT].truncated;
+    for (int i = 0; i < s->nprocs && t->full_valid; i++)
+        t->full_valid = s->procs[i].status_hdr.err == 0 && !s->procs[i].status_hdr.bad_lines &&
+                        !s->procs[i].status_hdr.truncated;
+    if (!t->full_valid)
+        return;
+    t->full_mono_ns = s->mono_ns;
+    t->full_current = s->cg_current;
+    t->full_stat_hdr = s->hdr[MP_SLOT_CG_STAT];
+    memcpy(t->full_stat, s->cg_stat, sizeof(t->full_stat));
+    memcpy(t->full_procs, s->procs, (size_t)s->nprocs * sizeof(s->procs[0]));
+}
+
+static int sample_into(struct mp_target *t, struct mp_sample *s, int nvml, int skip)
+{
+    struct mp_filehdr ph;
+    int full, n;
+
+    pthread_mutex_lock(&t->lock);
+    s->mono_ns = now_ns(CLOCK_MONOTONIC);
+    s->wall_ns = now_ns(CLOCK_REALTIME);
+    read_kv(t, MP_SLOT_MEMINFO, s->meminfo, &s->hdr[MP_SLOT_MEMINFO]);
+    read_kv(t, MP_SLOT_VMSTAT, s->vmstat, &s->hdr[MP_SLOT_VMSTAT]);
+    read_single(t, MP_SLOT_CG_CURRENT, &s->cg_current, &s->hdr[MP_SLOT_CG_CURRENT]);
+    skip = skip && carry_full(t, s);
+    if (skip) {
+        s->stat_mono_ns = t->full_mono_ns;
+        s->hdr[MP_SLOT_CG_STAT] = t->full_stat_hdr;
+        memcpy(s->cg_stat, t->full_stat, sizeof(s->cg_stat));
+        s->nprocs = t->nprocs;
+        memcpy(s->procs, t->full_procs, (size_t)t->nprocs * sizeof(s->procs[0]));
+    } else {
+        s->stat_mono_ns = s->mono_ns;
+        read_kv(t, MP_SLOT_CG_STAT, s->cg_stat, &s->hdr[MP_SLOT_CG_STAT]);
+        read_procs(t, s);
+    }
+    read_kv(t, MP_SLOT_CG_EVENTS, s->cg_events, &s->hdr[MP_SLOT_CG_EVENTS]);
+    read_single(t, MP_SLOT_CG_PEAK, &s->cg_peak, &s->hdr[MP_SLOT_CG_PEAK]);
+    read_single(t, MP_SLOT_CG_MAX, &s->cg_max, &s->hdr[MP_SLOT_CG_MAX]);
+    read_single(t, MP_SLOT_CG_HIGH, &s->cg_high, &s->hdr[MP_SLOT_CG_HIGH]);
+    read_single(t, MP_SLOT_CG_SWAP, &s->cg_swap, &s->hdr[MP_SLOT_CG_SWAP]);
+    read_single(t, MP_SLOT_CG_FAILCNT, &s->cg_failcnt, &s->hdr[MP_SLOT_CG_FAILCNT]);
+    read_single(t, MP_SLOT_CG_KMEM, &s->cg_kmem, &s->hdr[MP_SLOT_CG_KMEM]);
+
+    memset(&ph, 0, sizeof(ph));
+    for (int i = 0; i < MP_PRESSURE_VALUES; i++)
+        s->pressure[i] = MP_MISSING;
+    if (t->fd[MP_SLOT_CG_PRESSURE] < 0) {
+        ph.err = -EBADF;
+    } else if ((n = read_fd(t, t->fd[MP_SLOT_CG_PRESSURE], &full)) < 0) {
+        ph.err = n;
+    } else if ((ph.err = mp_parse_pressure(t->buf, n, s->pressure)) != 0) {
+        for (int i = 0; i < MP_PRESSURE_VALUES; i++)
+            s->pressure[i] = MP_MISSING;
+    }
+    s->hdr[MP_SLOT_CG_PRESSURE] = ph;
+    if (t->skip_max_age_ns > 0 && !skip)
+        keep_full(t, s);
 
     if (t->nvml_on && nvml) {
         s->nvml_err = 0;
@@ -373,7 +438,7 @@ static int sample_into(struct mp_target *t, struct mp_sample *s, int nvml)
 
 int mp_sample_once(struct mp_target *t, struct mp_sample *s)
 {
-    return sample_into(t, s, 1);
+    return sample_into(t, s, 1, 1);
 }
 
 /* ---- sampling thread and ring ---- */
@@ -401,7 +466,7 @@ static void *sampler_main(void *arg)
         pthread_mutex_unlock(&t->ring_lock);
 
         c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
-        sample_into(t, &t->scratch, t->ring_flags & MP_RING_NVML);
+        sample_into(t, &t->scratch, t->ring_flags & MP_RING_NVML, 0);
         pthread_mutex_lock(&t->ring_lock);
         {
             int slot = (t->head + t->count) % t->cap;

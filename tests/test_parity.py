@@ -105,3 +105,34 @@ def test_fuzz_truncated_and_corrupt_files(tmp_path_factory, which, cut, junk):
     path.write_bytes(data[:cut] + junk)
     pure, native = both(str(root), "memprobe_fixture", [437])
     assert pure == native
+
+
+def test_poll_less_parity(tmp_path):
+    """stat_max_age_s: both samplers carry memory.stat and status alike, and say so alike. A
+    memory.stat that moves while memory.current stands is not seen until the usage moves (the
+    reason for the max age, tests/test_poll_less.py)."""
+    shutil.copytree(STEP07, tmp_path, dirs_exist_ok=True)
+    cgdir = tmp_path / "cgroup" / "memprobe_fixture"
+    kw = dict(proc=str(tmp_path / "proc"), cgroup_root=str(tmp_path / "cgroup"), cgroup="memprobe_fixture",
+              pids=[437], stat_max_age_s=30)
+    stamp = re.compile(r"mono_ns \d+")
+
+    def same(a, b):
+        a, b = comparable(a), comparable(b)
+        a["notes"], b["notes"] = ([stamp.sub("mono_ns N", n) for n in x["notes"]] for x in (a, b))
+        assert a == b
+        return a
+
+    with PureSampler(**kw) as p, NativeSampler(**kw) as n:
+        first = same(p.sample(), n.sample())
+        stat = (cgdir / "memory.stat").read_bytes()
+        (cgdir / "memory.stat").write_bytes(stat.replace(b"\nfile ", b"\nfile 1", 1))
+        carried = same(p.sample(), n.sample())
+        assert carried["cgroup"] == first["cgroup"] and carried["processes"] == first["processes"]
+        assert any("not read again" in x for x in carried["notes"])
+        cur = int((cgdir / "memory.current").read_text())
+        (cgdir / "memory.current").write_text(f"{cur + 4096}\n")
+        fresh = same(p.sample(), n.sample())
+        assert fresh["cgroup"]["stat"]["file"] != first["cgroup"]["stat"]["file"]
+        assert not any("not read again" in x for x in fresh["notes"])
+        assert p.full_reads == n.full_reads == 2

@@ -3,11 +3,12 @@
 side in one run: raw pread of the same files (the floor, in C), the native sampler, the
 pure-Python sampler, and psutil's nearest equivalent. Then the native loop at 1 kHz as burst
 mode runs it (C ring, drained every 100 ms into packed batches, zlib, SQLite), next to the floor's
-CPU at the same rate.
+CPU at the same rate. Then poll less: an idle target with stat_max_age_s off and on, and how a
+cycle over N targets grows with N and with the targets whose usage moves (--poll-less).
 
-    sudo .venv/bin/python scripts/bench/bench_sampler.py [--iters 2000] [--sustain 20]
+    sudo .venv/bin/python scripts/bench/bench_sampler.py [--iters 2000] [--sustain 20] [--poll-less 10,50]
 
-Creates a throwaway memory cgroup with 8 sleeping processes (removed at exit)."""
+Creates throwaway memory cgroups with sleeping processes (removed at exit)."""
 import argparse
 import os
 import resource
@@ -53,6 +54,8 @@ def main():
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--sustain", type=float, default=20.0, help="seconds of the 1 kHz run (0: skip)")
     ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--poll-less", default="10,50", metavar="N,N",
+                    help="target counts of the poll-less cycle table ('' skips it)")
     a = ap.parse_args()
 
     cgfs = CgroupFS()
@@ -85,6 +88,14 @@ def main():
             rows.append(("native sampler + conversion, every field built (flatten, as record writes it)",
                          timeit(lambda: flatten(native.sample()), a.iters // 4)))
         rows.append(("pure-Python sampler (same files, fds kept open)", timeit(pure.sample, a.iters // 4)))
+        # poll less: the same idle cgroup, memory.stat and the status files carried while usage stands
+        idle = [("pure-Python", PureSampler)] + ([("native", NativeSampler)] if native else [])
+        for name, cls in idle:
+            with cls(cgroup=path) as off, cls(cgroup=path, stat_max_age_s=30) as on:
+                build = (lambda smp: lambda: smp.sample().cgroup)      # what the exporter reads first
+                rows.append((f"idle target, {name} + cgroup built, skip off", timeit(build(off), a.iters // 4)))
+                rows.append((f"idle target, {name} + cgroup built, skip on (stat_max_age_s=30)",
+                             timeit(build(on), a.iters // 4)))
         procs = [psutil.Process(p.pid) for p in sleepers]
         stat = f"{d}/memory.stat"
 
@@ -110,6 +121,8 @@ def main():
 
         if native and a.sustain > 0:
             sustain(native, a.sustain, fl)
+        if a.poll_less:
+            poll_less(cgfs, [int(x) for x in a.poll_less.split(",")])
         pure.close()
         if native:
             native.close()
@@ -162,6 +175,61 @@ def sustain(native, seconds: float, floor_us: float) -> None:
     print(f"| sampler thread, % of one core | {thr_cpu:.1f} ({thr_cpu / floor_cpu:.2f}x floor) |")
     print(f"| whole process, % of one core | {proc_cpu:.1f} (**{proc_cpu / floor_cpu:.2f}x floor**) |")
     print(f"| recording | {size / n_ok:.0f} bytes/sample ({nbytes / n_ok:.0f} packed before zlib) |")
+
+
+GROWER = "import time\nk = []\nwhile True:\n    k.append(bytearray(16384)); time.sleep(0.01)"
+
+
+def poll_less(cgfs, counts, cycles: int = 40, gap_s: float = 0.05) -> None:
+    """CPU of one cycle over N targets (one process each: `sleep`, or a Python loop that grows its
+    heap 16 KiB every 10 ms, so its usage moves between any two cycles), skip off and on side by
+    side; cycles gap_s apart, the CPU of the sampling only (thread time)."""
+    from spark_memprobe.sources.sampler import open_sampler
+    print(f"\n| poll less: targets (usage moving) | skip off, ms CPU per cycle | skip on | on / off | "
+          f"full reads per cycle, on |\n|---|---:|---:|---:|---:|")
+    for n in counts:
+        for moving in sorted({0, max(1, n // 10), n}):
+            cgs, procs = [], []
+            try:
+                for i in range(n):
+                    p = f"/memprobe-bench-pl-{uuid.uuid4().hex[:8]}"
+                    os.mkdir(cgfs.directory(p))
+                    cgs.append(p)
+                    cmd = [sys.executable, "-c", GROWER] if i < moving else ["sleep", "3600"]
+                    procs.append(subprocess.Popen(cmd))
+                    with open(f"{cgfs.directory(p)}/cgroup.procs", "w") as f:
+                        f.write(str(procs[-1].pid))
+                time.sleep(0.5)                       # the growers' interpreters are up
+                res = []
+                for age in (None, 30.0):
+                    smps = [open_sampler(cgroup=p, stat_max_age_s=age) for p in cgs]
+                    try:
+                        for smp in smps:
+                            smp.sample().cgroup
+                        used = 0.0
+                        for _ in range(cycles):
+                            time.sleep(gap_s)
+                            t0 = time.thread_time()
+                            for smp in smps:
+                                smp.sample().cgroup
+                            used += time.thread_time() - t0
+                        res.append((used / cycles * 1000, sum(smp.full_reads for smp in smps) - n))
+                    finally:
+                        for smp in smps:
+                            smp.close()
+                (off, _), (on, full) = res
+                print(f"| {n} ({moving}) | {off:.2f} | {on:.2f} | {on / off:.2f} | {full / cycles:.1f} |")
+            finally:
+                for pr in procs:
+                    pr.kill()
+                    pr.wait()
+                for p in cgs:
+                    for _ in range(50):
+                        try:
+                            os.rmdir(cgfs.directory(p))
+                            break
+                        except OSError:
+                            time.sleep(0.05)
 
 
 if __name__ == "__main__":

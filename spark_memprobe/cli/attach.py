@@ -139,6 +139,7 @@ def _plain(args, feed, interval: float, rec) -> None:
     show_target()
     tick = Ticker(interval)
     final = None
+    woke = False
     try:
         while True:
             item, end = feed.tick()
@@ -164,10 +165,10 @@ def _plain(args, feed, interval: float, rec) -> None:
                 final = ("count", f"stopped after --count {args.count}; {plural(feed.follower.samples, 'sample')}",
                          time.time_ns(), {})
                 break
-            delay = tick.next()
+            delay = tick.left() if woke else tick.next()    # a woken tick comes in addition to the schedule
             if item.sample is None:
                 delay = tick.within(0.2)      # while the target is away, look again sooner
-            time.sleep(delay)
+            woke = feed.wait(delay)           # memory pressure or limit events end it early
     except KeyboardInterrupt:
         final = ("interrupted", f"interrupted; {plural(feed.follower.samples, 'sample')}", time.time_ns(), {})
     show_event(*final)

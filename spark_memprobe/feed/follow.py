@@ -25,8 +25,11 @@ class Follower:
     final event. The caller drives tick() at its own pace (feed/live.py, feed/multi.py)."""
 
     def __init__(self, resolver: Resolver, target: Target, exit_grace_s: float = 2.0,
-                 sampler_factory: Optional[Callable] = None):
+                 sampler_factory: Optional[Callable] = None, stat_max_age_s: Optional[float] = None):
+        """stat_max_age_s: the sampler's poll-less bound (sources/base_sampler.py); None reads
+        memory.stat and the status files every tick."""
         self.r = resolver
+        self.stat_max_age_s = stat_max_age_s
         self.target = target
         self.exit_grace_s = exit_grace_s
         self._factory = sampler_factory or open_sampler
@@ -42,7 +45,7 @@ class Follower:
             self.sampler.close()
         t = self.target
         self.sampler = self._factory(proc=self.r.proc, cgroup_root=self.r.cgroup_root, cgroup=t.cgroup_path,
-                                     version=t.cgroup_version, pids=t.pids)
+                                     version=t.cgroup_version, pids=t.pids, stat_max_age_s=self.stat_max_age_s)
 
     def _still_there(self) -> bool:
         t = self.target
@@ -56,12 +59,13 @@ class Follower:
         except OSError:
             return False
 
-    def tick(self) -> tuple[Optional[object], list[FollowEvent]]:
-        """One step: (sample or None, events). An event of kind "ended" is the last one."""
+    def tick(self, full: bool = False) -> tuple[Optional[object], list[FollowEvent]]:
+        """One step: (sample or None, events). An event of kind "ended" is the last one.
+        full: read memory.stat and the status files even where stat_max_age_s would carry them."""
         events: list[FollowEvent] = []
         if self._still_there():
             self.sampler.refresh_pids()
-            s = self.sampler.sample()
+            s = self.sampler.sample(full=full)
             if not (self.target.cgroup_path and s.cgroup is None and self.sampler.cgroup_gone):
                 self._lost_since = None
                 self.samples += 1

@@ -19,6 +19,7 @@ from .context import REPORT_EVERY_S, Context, HostKernel
 from .follow import Follower
 from .host import read_host
 from .items import FeedHeader, FeedItem
+from .ticker import EventWake
 
 
 class ProbeWorker:
@@ -71,6 +72,8 @@ class LiveFeed:
         self.report = None
         self.context = Context(resolver.proc)
         self.host_kernel = HostKernel(resolver.proc)
+        self.wake: Optional[EventWake] = None
+        self._woken: list[dict] = []
 
     def _start_probes(self, target: Target) -> list[dict]:
         # No per-fault probes while following: they cost about 20 % of a fault-bound workload
@@ -95,7 +98,9 @@ class LiveFeed:
     def tick(self) -> tuple[FeedItem, Optional[dict]]:
         """(item, end): end is the final event (a dict) when the target is gone."""
         s, events = self.follower.tick()
-        evs = [{"kind": e.kind, "message": e.message, "wall_ns": e.wall_ns, "facts": e.facts} for e in events]
+        evs = self._woken + [{"kind": e.kind, "message": e.message, "wall_ns": e.wall_ns, "facts": e.facts}
+                             for e in events]
+        self._woken = []
         end = next((e for e in evs if e["kind"] == "ended"), None)
         if self.worker is not None:
             self.report = self.worker.report
@@ -112,7 +117,29 @@ class LiveFeed:
                         other_cgroups=self.context.other_cgroups, kernel=self.host_kernel.kernel,
                         before=self.host_kernel.before(s)), end
 
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep until the next tick, or less when a PSI trigger or the target's limit events
+        wake it (feed/ticker.py EventWake: at most one early tick per interval); True when woken,
+        and the next item carries a "woken" event saying why. The watches follow the target
+        (a re-created cgroup is watched anew)."""
+        t = self.follower.target
+        if self.wake is None or self.wake.cgroup_dir != t.cgroup_dir:
+            if self.wake is not None:
+                self.wake.close()
+            v2 = t.cgroup_version == 2 and t.cgroup_dir
+            # v1 has no memory.pressure: the host's PSI is the one there is (docs/flight-recorder.md)
+            self.wake = EventWake(f"{t.cgroup_dir}/memory.pressure" if v2 else f"{self.resolver.proc}/pressure/memory",
+                                  t.cgroup_dir, t.cgroup_version)
+        why = self.wake.wait(timeout_s)
+        if why:
+            self._woken.append({"kind": "woken", "message": f"sampled early: {why}", "wall_ns": time.time_ns(),
+                                "facts": {}})
+        return bool(why)
+
     def close(self) -> None:
+        if self.wake is not None:
+            self.wake.close()
+            self.wake = None
         if self.worker is not None:
             self.worker.stop()
             self.worker = None

@@ -15,7 +15,7 @@ from ..sources.targets.listing import list_targets
 from ..sources.targets.paths import TargetError
 from ..sources.targets.resolver import Resolver, Target, target_to_dict
 from ..sources.cgroupfs import CgroupFS
-from .context import Context, HostKernel, Siblings
+from .context import STAT_MAX_AGE_S, Context, HostKernel, Siblings
 from .follow import Follower
 from .items import FeedHeader, FeedItem, ledger_inputs
 
@@ -88,7 +88,8 @@ class TargetSet:
     def add(self, key: str, target: Target, label: str, fixed: bool) -> Watched:
         # exit_grace_s=0: a target that went away is dropped at once and looked for again
         # (fixed TARGETs every cycle, containers at the next listing), so no stale series linger
-        f = Follower(self.resolver(), target, exit_grace_s=0.0, sampler_factory=open_sampler)
+        f = Follower(self.resolver(), target, exit_grace_s=0.0, sampler_factory=open_sampler,
+                     stat_max_age_s=STAT_MAX_AGE_S)     # poll less: an idle target's memory.stat is carried
         w = self.watched[key] = Watched(key, f, label, fixed, Context(self.proc, self.siblings))
         self.changes["added"] += 1
         self.say(key, f"following {target.describe()}")

@@ -1,5 +1,6 @@
 """What both samplers (sampler.py PureSampler, native.py NativeSampler) share: which files to
-open, the processes to follow, process identity and owners, and the slow detail reads."""
+open, the processes to follow, process identity and owners, the slow detail reads, and when
+memory.stat and the status files may be carried from an earlier tick (poll less)."""
 from __future__ import annotations
 
 import errno
@@ -20,8 +21,17 @@ class BaseSampler:
 
     def __init__(self, proc: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
                  cgroup: Optional[str] = None, version: Optional[int] = None,
-                 pids: Optional[list[int]] = None, nvml: bool = False):
+                 pids: Optional[list[int]] = None, nvml: bool = False,
+                 stat_max_age_s: Optional[float] = None):
+        """stat_max_age_s (poll less, docs/performance.md): when set, a tick whose usage counter
+        (memory.current, v1 memory.usage_in_bytes) has not moved since the last tick that read
+        memory.stat and the processes' status files, with the same processes, carries their
+        values from that tick (with carried_note) while it is younger than stat_max_age_s.
+        The age bound exists because some of those values move while the usage stays: pgfault,
+        pgmajfault, the active/inactive LRU split, dirty and writeback, a process's VmHWM."""
         self.proc = proc
+        self.stat_max_age_s = stat_max_age_s
+        self.full_reads = 0           # ticks that read memory.stat and the status files
         self.want_nvml = nvml
         self.cgfs = CgroupFS(cgroup_root)
         self.cgroup = norm_path(cgroup) if cgroup is not None else None
@@ -105,6 +115,13 @@ class BaseSampler:
             return (f"{self.pids_truncated} more processes in the cgroup than the "
                     f"{PROCS_MAX} followed per tick; their RSS is not in the sum")
         return None
+
+    def carried_note(self, stat_mono_ns: int) -> str:
+        """The note of a tick that carries memory.stat and the status values of the tick at
+        stat_mono_ns (its age is the sample's mono_ns minus that)."""
+        usage = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
+        return (f"memory.stat and /proc/<pid>/status not read again: values of the read at mono_ns "
+                f"{stat_mono_ns}, {usage} unchanged since (read at least every {self.stat_max_age_s:g} s)")
 
     def finish(self, s: Sample) -> Sample:
         if self.pids_truncated:

@@ -123,6 +123,8 @@ class NativeSampler(BaseSampler):
                 self.nvml_error = ("no NVIDIA driver (libnvidia-ml.so.1 not found)" if rc == -errno.ENOENT
                                    else "nvmlInit failed")
         self._buf = ffi.new("struct mp_sample *")       # the benchmark's mp_sample_once target
+        if self.stat_max_age_s is not None:
+            lib.mp_target_set_skip(self.t, max(1, int(self.stat_max_age_s * 1e9)))
         self.refresh_pids()
 
     def _set(self, role: str, path: str) -> None:
@@ -243,6 +245,8 @@ class NativeSampler(BaseSampler):
             else:
                 v = getattr(c, SINGLE_FIELDS[role])
                 raw[role] = "max" if v == UNLIMITED else v
+        if c.stat_mono_ns != c.mono_ns:
+            notes.append(self.carried_note(c.stat_mono_ns))
         return cgroup_sample_from_raw(self.cgroup, self.version, raw)
 
     def _gpus(self, c, notes: list[str]) -> Optional[list[GpuSample]]:
@@ -262,9 +266,13 @@ class NativeSampler(BaseSampler):
                                  processes_error=NVML_ERRORS.get(g.procs_err) if g.procs_err else None))
         return out
 
-    def sample(self, detail: bool = False) -> Sample:
+    def sample(self, detail: bool = False, full: bool = False) -> Sample:
+        """One tick. full (or detail): read memory.stat and the status files whatever the usage."""
         c = ffi.new("struct mp_sample *")         # the Sample's own: its fields are built from it later
+        if (full or detail) and self.stat_max_age_s is not None:
+            lib.mp_target_set_skip(self.t, max(1, int(self.stat_max_age_s * 1e9)))    # forgets the last full read
         lib.mp_sample_once(self.t, c)
+        self.full_reads += c.stat_mono_ns == c.mono_ns
         s = self.to_sample(c)
         if detail:
             self.add_detail(s)

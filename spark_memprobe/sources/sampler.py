@@ -8,14 +8,16 @@ Two implementations with one interface and the same answers (parity tests):
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import time
+from typing import Optional, Union
 
 from ..samples import ProcessSample, Sample
 from .base_sampler import BaseSampler
 from .cgroupfs import cgroup_sample_from_raw, parse_role
-from .parse import MalformedFile
+from .parse import MalformedFile, parse_single
 from .procfs import STATUS_FIELDS, checked_kv, meminfo_from_kv, pread_all, status_fields
 from ..samples import Vmstat
 
@@ -40,6 +42,7 @@ class PureSampler(BaseSampler):
             except OSError as e:
                 self.open_errors[role] = e.errno
         self.pid_fds: dict[int, int] = {}
+        self._full: Optional[tuple] = None     # (usage, mono_ns, memory.stat, processes) of the last full tick
         self.nvml = None
         if self.want_nvml:
             from .nvml import NvmlReader
@@ -47,6 +50,7 @@ class PureSampler(BaseSampler):
         self.refresh_pids()
 
     def _apply_pids(self, pids: list[int]) -> None:
+        self._full = None              # other processes: the next tick reads in full
         for fd in self.pid_fds.values():
             os.close(fd)
         self.pid_fds = {}
@@ -61,7 +65,10 @@ class PureSampler(BaseSampler):
             raise OSError(self.open_errors.get(role, errno.EBADF), "not open")
         return pread_all(self.fds[role])
 
-    def sample(self, detail: bool = False) -> Sample:
+    def sample(self, detail: bool = False, full: bool = False) -> Sample:
+        """One tick. full (or detail): read memory.stat and the status files whatever the usage."""
+        if full or detail:
+            self._full = None
         s = Sample(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
         for role in ("meminfo", "vmstat"):
             path = f"{self.proc}/{role}"
@@ -73,10 +80,18 @@ class PureSampler(BaseSampler):
                     s.vmstat = Vmstat(counters=kv.values)
             except (OSError, MalformedFile) as e:
                 s.notes.append(f"{path}: {getattr(e, 'reason', None) or os.strerror(e.errno or 0)}")
+        carried = None
         if self.cgroup is not None:
-            s.cgroup = self._sample_cgroup(s)
-        for pid in self.pids:
-            s.processes.append(self._sample_pid(pid, s))
+            s.cgroup, carried = self._sample_cgroup(s)
+        if carried is not None:
+            s.processes = [dataclasses.replace(p) for p in carried]   # finish() writes into them
+        else:
+            self.full_reads += 1
+            n = len(s.notes)
+            s.processes = [self._sample_pid(pid, s) for pid in self.pids]
+            if self._full is not None:
+                # kept only when every status file read cleanly (csrc/sampler.c keep_full)
+                self._full = self._full + (s.processes,) if len(s.notes) == n else None
         if self.nvml is not None:
             if self.nvml.error:
                 s.notes.append(f"NVML not read: {self.nvml.error}")   # gpus stay None: not read
@@ -87,22 +102,54 @@ class PureSampler(BaseSampler):
             self.add_detail(s)
         return self.finish(s)
 
-    def _sample_cgroup(self, s: Sample):
+    def _try_read(self, role: str) -> Union[bytes, OSError]:
+        try:
+            return self._read(f"cg_{role}")
+        except OSError as e:
+            return e
+
+    def _carry(self, usage, mono_ns: int) -> bool:
+        """Carry memory.stat and the status values of the last full tick (csrc/sampler.c carry_full)?"""
+        f = self._full
+        return (self.stat_max_age_s is not None and f is not None and len(f) == 4 and isinstance(usage, int)
+                and usage == f[0] and mono_ns - f[1] < self.stat_max_age_s * 1e9)
+
+    def _sample_cgroup(self, s: Sample) -> tuple:
+        """(CgroupSample or None, the processes to carry or None). The usage counter is read
+        first: memory.stat is read only when it is not carried; notes come in file order."""
         if self.cgroup_gone:
             self.note_cgroup_error(s, errno.ENODEV)
-            return None
+            return None, None
+        files = self.cgroup_files()
+        data = {role: self._try_read(role) for role in files if role != "stat"}
+        cur = data.get("current")
+        usage = parse_single(cur) if isinstance(cur, bytes) else None
+        carry = self._carry(usage, s.mono_ns)
+        if "stat" in files and not carry:
+            data["stat"] = self._try_read("stat")
         raw: dict = {}
-        for role, path in self.cgroup_files().items():
-            try:
-                data = self._read(f"cg_{role}")
-            except OSError as e:
-                if e.errno == errno.ENODEV or not os.path.isdir(self.cgroup_dir):
-                    self.note_cgroup_error(s, errno.ENODEV)
-                    return None
-                s.notes.append(f"{path}: {os.strerror(e.errno)}")
+        clean = True
+        for role, path in files.items():
+            if role == "stat" and carry:
+                raw["stat"] = dict(self._full[2])
                 continue
-            raw[role] = parse_role(role, path, data, s.notes)
-        return cgroup_sample_from_raw(self.cgroup, self.version, raw)
+            d = data[role]
+            if isinstance(d, OSError):
+                if d.errno == errno.ENODEV or not os.path.isdir(self.cgroup_dir):
+                    self.note_cgroup_error(s, errno.ENODEV)
+                    return None, None
+                s.notes.append(f"{path}: {os.strerror(d.errno)}")
+                clean = clean and role != "stat"
+                continue
+            n = len(s.notes)
+            raw[role] = parse_role(role, path, d, s.notes)
+            clean = clean and (role != "stat" or len(s.notes) == n)
+        if carry:
+            s.notes.append(self.carried_note(self._full[1]))
+        elif self.stat_max_age_s is not None:
+            ok = clean and isinstance(usage, int) and "stat" in raw
+            self._full = (usage, s.mono_ns, raw["stat"]) if ok else None     # processes added by sample()
+        return cgroup_sample_from_raw(self.cgroup, self.version, raw), self._full[3] if carry else None
 
     def _sample_pid(self, pid: int, s: Sample) -> ProcessSample:
         fd = self.pid_fds.get(pid, -1)
