@@ -186,6 +186,7 @@ class ProbeReport:
     target: Optional[str] = None
     page_size: int = field(default_factory=host_page_size)
     faults: Optional[list[FaultCount]] = None          # None: not measured
+    fault_source: Optional[str] = None                 # "/proc/<pid>/stat" or "perf:software/page-faults"
     fault_regions: Optional[list[FaultRegion]] = None
     page_cache: Optional[list[PageCacheFile]] = None
     page_cache_untracked_pages: Optional[int] = None   # added while the owner table was full

@@ -179,7 +179,7 @@ def test_faults_attributed_to_the_faulting_cgroup(cgroups, children):
         """
     ca = children([a.dir], "N = %d\n" % n_a, touch)
     cb = children([b.dir], "N = %d\n" % n_b, touch)
-    opts = ProbeOptions(pagecache=False, memcg=False, cuda=False, uvm=False,
+    opts = ProbeOptions(pagecache=False, memcg=False, cuda=False, uvm=False, fault_events=True,
                         fault_addresses=tracepoint_exists("exceptions", "page_fault_user"))
     with ProbeSession(opts) as s:
         ca.go()
@@ -202,6 +202,72 @@ def test_faults_attributed_to_the_faulting_cgroup(cgroups, children):
     if opts.fault_addresses:
         anon = [x for x in r.fault_regions if x.pid == ca.p.pid and x.mapping == "[anon]"]
         assert anon and anon[0].faults >= n_a
+
+
+def _pgfault(cgroup_dir):
+    with open(os.path.join(cgroup_dir, "memory.stat")) as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("pgfault "))
+
+
+def test_fault_counts_agree_between_the_probe_the_proc_counters_and_memory_stat(cgroups, children):
+    """Two processes fault in turn on one CPU (so the per-CPU slot of faults.c is flushed again
+    and again): the probe (--fault-events), the default /proc/<pid>/stat counters and the
+    cgroup's memory.stat pgfault give the same counts."""
+    n = 20000
+    mc = cgroups("faults", hierarchy="memory")
+    touch = """
+        m = mmap.mmap(-1, N * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+        for i in range(0, N * mmap.PAGESIZE, mmap.PAGESIZE):
+            m[i] = 1
+        """
+    setup = "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\nN = %d\n" % n
+    kids = [children([mc.dir], setup, touch) for _ in range(2)]
+    ev_opts = ProbeOptions(pagecache=False, memcg=False, cuda=False, uvm=False, fault_events=True)
+    ct_opts = ProbeOptions(pagecache=False, memcg=False, cuda=False, uvm=False, cgroup="/" + os.path.basename(mc.dir))
+    time.sleep(2.5)                    # periodic rstat flush before the first memory.stat read
+    pg0 = _pgfault(mc.dir)
+    with ProbeSession(ev_opts) as ev, ProbeSession(ct_opts) as ct:
+        for c in kids:
+            c.p.stdin.write("go\n")
+            c.p.stdin.flush()
+        for c in kids:
+            assert c.p.stdout.readline().strip() == "done"
+        ct.poll()
+        rev, rct = ev.collect(), ct.collect()
+    time.sleep(2.5)
+    pg1 = _pgfault(mc.dir)
+    assert rev.fault_source == "perf:software/page-faults" and rct.fault_source == "/proc/<pid>/stat"
+    by_ev = {f.pid: f.faults for f in rev.faults}
+    by_ct = {f.pid: f.faults for f in rct.faults}
+    for c in kids:
+        assert by_ev[c.p.pid] >= n
+        assert abs(by_ev[c.p.pid] - by_ct[c.p.pid]) <= n // 100 + 50, (by_ev[c.p.pid], by_ct[c.p.pid])
+    total = sum(by_ev[c.p.pid] for c in kids)
+    assert abs((pg1 - pg0) - total) <= max(total // 20, 64 * os.cpu_count() * 2), (pg1 - pg0, total)
+
+
+def test_default_set_runs_no_program_per_fault(cgroups, children):
+    """The default faults come from /proc/<pid>/stat: the perf-event program stays off, and the
+    count and the cgroup v2 attribution are still there."""
+    n = 3000
+    a = cgroups("a")
+    ca = children([a.dir], "N = %d\n" % n, """
+        m = mmap.mmap(-1, N * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+        for i in range(0, N * mmap.PAGESIZE, mmap.PAGESIZE):
+            m[i] = 1
+        """)
+    with ProbeSession(ProbeOptions(pagecache=False, cuda=False, uvm=False)) as s:
+        chosen = {x.mechanism for x in s.statuses if x.chosen}
+        assert s.bpf is None                              # nothing compiled, nothing attached
+        ca.go()
+        s.poll()
+        r = s.collect()
+    assert chosen == {"counters:/proc/<pid>/stat", "poll:memory.stat"}
+    row = next(f for f in r.faults if f.pid == ca.p.pid)
+    assert row.faults >= n and row.cgroup_id == a.id and row.cgroup_path == "/" + os.path.basename(a.dir)
+    assert r.memcg_source == "memory.stat poll"
 
 
 # ------------------------------------------------------------------ 2. page cache
@@ -468,9 +534,9 @@ def test_exception_inside_a_session_detaches_everything(fakecuda):
     with pytest.raises(RuntimeError):
         with ProbeSession(opts) as s:
             held = programs_of(os.getpid())
-            # the memcg program exists only where the kernel has memcg tracepoints (Linux 6.13+)
-            mc = {"mp_mc_state"} if tracepoint_exists("memcg", "mod_memcg_state") else set()
-            assert {"mp_fault", "mp_pc_add", "mp_cu_alloc_ret"} | mc <= set(held.values())
+            assert {"mp_pc_add", "mp_cu_alloc_ret"} <= set(held.values())
+            # the per-fault programs are opt-in (--fault-events, --memcg-stream)
+            assert not {"mp_fault", "mp_mc_state"} & set(held.values())
             assert any(x.mechanism == "uprobe+uretprobe" and x.chosen for x in s.statuses)
             raise RuntimeError("boom")
     assert programs_of(os.getpid()) == {}
@@ -481,7 +547,8 @@ def test_exception_inside_a_session_detaches_everything(fakecuda):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_leave_nothing_attached(fakecuda, sig):
     lib = str(fakecuda / "libcuda.so.1")
-    p = subprocess.Popen([*CLI, "probes", "--run", "--json", "--cuda-lib", lib], stdout=subprocess.PIPE,
+    p = subprocess.Popen([*CLI, "probes", "--run", "--json", "--fault-events", "--cuda-lib", lib],
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         line = p.stderr.readline()

@@ -158,3 +158,32 @@ def test_bcc_is_found_from_a_python_without_dist_packages():
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["/usr/lib/python3/dist-packages/bcc/__init__.py", "False"]
+
+
+def test_proc_stat_fault_counters_survive_odd_comms_and_count_from_start():
+    """A process may name itself ") 1 2 3": the counters are read after the last ')'. A process
+    alive at start counts from its value then; an exited one keeps its last polled count."""
+    from spark_memprobe.sources.bpf.fault_counters import FaultCounters, read_proc_pid_stat_faults
+    src = ("import mmap, sys\nopen('/proc/self/comm', 'w').write(') 1 2 3')\nprint('ready', flush=True)\n"
+           "sys.stdin.readline()\nm = mmap.mmap(-1, 2000 * mmap.PAGESIZE)\n"
+           "for i in range(0, 2000 * mmap.PAGESIZE, mmap.PAGESIZE):\n    m[i] = 1\n"
+           "print('done', flush=True)\nsys.stdin.readline()\n")
+    p = subprocess.Popen([sys.executable, "-c", src], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        with open(f"/proc/{p.pid}/stat") as f:
+            assert ") 1 2 3)" in f.read()
+        start, before = read_proc_pid_stat_faults("/proc", p.pid)
+        c = FaultCounters("/proc")
+        c.start([p.pid])
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "done"
+        c.poll([p.pid])
+        n = c.faults()[p.pid]
+        assert 2000 <= n < before + 2000 and read_proc_pid_stat_faults("/proc", p.pid)[0] == start
+    finally:
+        p.stdin.close()
+        p.wait()
+    c.poll([p.pid])                          # gone: the last polled count stays
+    assert c.faults()[p.pid] == n and read_proc_pid_stat_faults("/proc", p.pid) is None

@@ -4,7 +4,9 @@
 The workload (C, built here) maps SIZE bytes of private anonymous memory with THP off and
 writes one byte per 4 KiB page: one page fault per page. Each round runs it with no probes,
 with each of our probes alone, with the default set and with everything, and with the
-equivalent bpftrace one-liner (if bpftrace is installed), in a shuffled order; each
+equivalent bpftrace one-liner (if bpftrace is installed), with no-op BPF programs on the same
+attach points (the floor of any per-fault program) and with the programs of the last commit
+(`git archive HEAD`, run in a child process: "before" rows), in a shuffled order; each
 configuration keeps the least CPU time of --reps runs, and the table shows the median over
 rounds and slowdown ratios. Also measures how long bcc takes to compile and load our programs.
 
@@ -28,7 +30,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from spark_memprobe.sources.bpf import ProbeOptions, ProbeSession, base_status  # noqa: E402
+from spark_memprobe.sources.bpf import ProbeOptions, ProbeSession, base_status, bccload  # noqa: E402
+from spark_memprobe.sources.bpf.quiet import quiet_stderr  # noqa: E402
 from spark_memprobe.sources.cgroupfs import CgroupFS  # noqa: E402
 
 TOUCH_C = r"""
@@ -108,6 +111,65 @@ def with_perf_count(exe: str, size: int, reps: int) -> float:
             os.close(fd)
 
 
+NOOP_PERF = "struct bpf_perf_event_data;\nint mp_noop(struct bpf_perf_event_data *ctx) { return 0; }"
+NOOP_TP = "int mp_noop_raw(void *ctx) { return 0; }\nint mp_noop_tp(void *ctx) { return 0; }"
+# the attach points of the "everything" set that fire on an anonymous fault
+NOOP_TPS = [b"memcg:mod_memcg_state", b"memcg:mod_memcg_lruvec_state", b"memcg:count_memcg_events"]
+
+
+def with_noop(exe: str, size: int, reps: int, everything: bool) -> float:
+    """A BPF program that returns at once on the perf page-fault event (and, with `everything`,
+    on the raw tracepoint page_fault_user and the memcg tracepoints): the floor of our probes."""
+    bcc = bccload.import_bcc()
+    bccload.prepare_environment()
+    with quiet_stderr():
+        b = bcc.BPF(text=NOOP_PERF.encode())
+        tp = bcc.BPF(text=NOOP_TP.encode())
+        b.attach_perf_event(ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.PAGE_FAULTS,
+                            fn_name=b"mp_noop", sample_period=1)
+        if everything:
+            tp.attach_raw_tracepoint(tp=b"page_fault_user", fn_name=b"mp_noop_raw")
+            for t in NOOP_TPS:
+                tp.attach_tracepoint(tp=t, fn_name=b"mp_noop_tp")
+    try:
+        return best_of(exe, size, reps)
+    finally:
+        b.cleanup()
+        tp.cleanup()
+
+
+OLD_SESSION = """
+import sys
+from spark_memprobe.sources.bpf import ProbeOptions, ProbeSession
+with ProbeSession(ProbeOptions(**eval(sys.argv[1]))):
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+def with_old_session(tree: str, opts: dict, exe: str, size: int, reps: int) -> float:
+    """The probes of the last commit, started from its source tree in a child process."""
+    p = subprocess.Popen([sys.executable, "-c", OLD_SESSION, repr(opts)], cwd=tree, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("the probes of HEAD did not start")
+        return best_of(exe, size, reps)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+
+
+def head_tree(tmp: str) -> str:
+    """spark_memprobe/ as in the last commit (git archive: reads the repository, changes nothing)."""
+    tree = os.path.join(tmp, "head")
+    os.mkdir(tree)
+    repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    arc = subprocess.run(["git", "-C", repo, "archive", "HEAD", "spark_memprobe"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", tree], input=arc.stdout, check=True)
+    return tree
+
+
 def mem_available() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -161,6 +223,8 @@ def with_bpftrace(exe: str, size: int, reps: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gib", type=float, default=4.0, help="memory touched per run (default 4 GiB)")
+    ap.add_argument("--only", metavar="SUBSTRING", action="append", default=[],
+                    help="run only the modes whose name holds one of these (no probes always runs)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds; modes run in a shuffled order in each")
     ap.add_argument("--reps", type=int, default=3, help="runs per mode and round; the least CPU time counts")
     ap.add_argument("--json", metavar="FILE", help="also write the slowdowns (median of rounds) as JSON")
@@ -182,24 +246,37 @@ def main() -> int:
             f.write(TOUCH_C)
         subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
         none = dict(faults=False, fault_addresses=False, pagecache=False, memcg=False, cuda=False, uvm=False)
+        every = dict(fault_events=True, fault_addresses=True, memcg_stream=True, memcg_events=True)
+        # row names are read by run_all.py: "everything" is every opt-in (--fault-events too)
         probe_modes = {
-            "memprobe: faults (perf event, period 1)": ProbeOptions(**{**none, "faults": True}),
-            "memprobe: faults + addresses (--fault-addresses)": ProbeOptions(**{**none, "faults": True,
-                                                                                "fault_addresses": True}),
-            "memprobe: memcg stream (state + lruvec tracepoints)": ProbeOptions(**{**none, "memcg": True}),
+            "memprobe: faults (perf event, period 1)": ProbeOptions(**{**none, "faults": True, "fault_events": True}),
+            "memprobe: faults + addresses (--fault-events --fault-addresses)": ProbeOptions(
+                **{**none, "faults": True, "fault_events": True, "fault_addresses": True}),
+            "memprobe: fault counters (/proc/<pid>/stat, default)": ProbeOptions(**{**none, "faults": True}),
+            "memprobe: memcg stream (--memcg-stream)": ProbeOptions(**{**none, "memcg": True, "memcg_stream": True}),
             "memprobe: memcg stream + events (--memcg-events)": ProbeOptions(**{**none, "memcg": True,
                                                                                 "memcg_events": True}),
             "memprobe: page cache (tracepoints)": ProbeOptions(**{**none, "pagecache": True}),
             "memprobe: default set (probes --run)": ProbeOptions(),
-            "memprobe: everything (--fault-addresses --memcg-events)": ProbeOptions(fault_addresses=True,
-                                                                                    memcg_events=True),
+            "memprobe: everything (--fault-addresses --memcg-events)": ProbeOptions(**every),
         }
-        modes = ["no probes", "perf counter per cgroup (counting, no BPF)", *probe_modes]
+        # the same sets with the programs and options of the last commit (its defaults differ)
+        old_modes = {
+            "before: faults (perf event, period 1)": {**none, "faults": True},
+            "before: default set (probes --run)": {},
+            "before: everything (--fault-addresses --memcg-events)": {"fault_addresses": True, "memcg_events": True},
+        }
+        floors = {"floor: no-op BPF on perf page-faults (period 1)": False,
+                  "floor: no-op BPF on every attach point of everything": True}
+        tree = head_tree(tmp)
+        modes = ["no probes", "perf counter per cgroup (counting, no BPF)", *floors, *probe_modes, *old_modes]
         have_bt = shutil.which("bpftrace") is not None
         if have_bt:
             modes.append("bpftrace one-liner")
+        if args.only:
+            modes = [m for m in modes if m == "no probes" or any(o in m for o in args.only)]
         times = {m: [] for m in modes}
-        loads = {m: [] for m in probe_modes}
+        loads = {m: [] for m in probe_modes if m in modes}
         run_touch(exe, size)                         # warm-up (page allocator, caches)
         walls = {m: [] for m in modes}
         rng = random.Random(1)
@@ -213,6 +290,10 @@ def main() -> int:
                     times[m].append(with_perf_count(exe, size, args.reps))
                 elif m == "bpftrace one-liner":
                     times[m].append(with_bpftrace(exe, size, args.reps))
+                elif m in floors:
+                    times[m].append(with_noop(exe, size, args.reps, floors[m]))
+                elif m in old_modes:
+                    times[m].append(with_old_session(tree, old_modes[m], exe, size, args.reps))
                 else:
                     t, ld = with_session(probe_modes[m], exe, size, args.reps)
                     times[m].append(t)
@@ -224,7 +305,8 @@ def main() -> int:
         print()
         print(f"workload: touch {size / 2**30:.2f} GiB page by page ({pages:,} faults); {args.rounds} rounds x "
               f"best of {args.reps} runs per mode; "
-              f"kernel {os.uname().release}, {os.cpu_count()} CPUs")
+              f"kernel {os.uname().release}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} "
+              "(other work shares this machine: compare ratios within this run only)")
         print()
         print("| run | CPU time (median of rounds) | CPU ns per fault | slowdown (median) | slowdown (best round) "
               "| wall time of last run (median) |")

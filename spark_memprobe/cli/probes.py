@@ -31,10 +31,16 @@ def add_parser(sub):
     p.add_argument("--top", type=positive_int, default=15, metavar="N", help="rows per table (default 15)")
     p.add_argument("--page-owner-entries", type=positive_int, default=1 << 20, metavar="N",
                    help="folios whose owner is remembered (kernel memory, not preallocated)")
+    p.add_argument("--fault-events", action="store_true",
+                   help="count faults per (cgroup, process) with a BPF program on every fault, exited processes "
+                        "included (default: /proc/<pid>/stat counters, no per-fault cost)")
     p.add_argument("--fault-addresses", action="store_true",
-                   help="also count user faults per mapping (x86 tracepoint; about doubles the per-fault cost)")
+                   help="also count user faults per mapping (x86 raw tracepoint; a BPF program on every user fault)")
+    p.add_argument("--memcg-stream", action="store_true",
+                   help="sum memcg stat updates with tracepoints, increases and decreases apart (several hits per "
+                        "fault; default: memory.stat at start and end)")
     p.add_argument("--memcg-events", action="store_true",
-                   help="also sum memcg event counters (pgfault, ...; fires on every fault)")
+                   help="also sum memcg event counters (pgfault, ...; fires on every fault; implies --memcg-stream)")
     for name in ("faults", "pagecache", "memcg", "cuda", "uvm"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"do not attach the {name} probe")
     return p
@@ -42,9 +48,10 @@ def add_parser(sub):
 
 def _options(args):
     from ..sources.bpf import ProbeOptions
-    return ProbeOptions(faults=not args.no_faults, fault_addresses=args.fault_addresses,
-                        memcg_events=args.memcg_events, pagecache=not args.no_pagecache, memcg=not args.no_memcg, cuda=not args.no_cuda,
-                        uvm=not args.no_uvm, cuda_libs=args.cuda_lib, cuda_stacks=args.cuda_stacks,
+    return ProbeOptions(faults=not args.no_faults, fault_events=args.fault_events,
+                        fault_addresses=args.fault_addresses, memcg_stream=args.memcg_stream,
+                        memcg_events=args.memcg_events, pagecache=not args.no_pagecache, memcg=not args.no_memcg,
+                        cuda=not args.no_cuda, uvm=not args.no_uvm, cuda_libs=args.cuda_lib, cuda_stacks=args.cuda_stacks,
                         scan_dirs=args.scan_dir, page_owner_entries=args.page_owner_entries,
                         cgroup=args.cgroup, pid=args.pid)
 

@@ -39,7 +39,8 @@ def render_report(r: ProbeReport, top: int = 15) -> Group:
         per_cg: dict[int, int] = defaultdict(int)
         for f in r.faults:
             per_cg[f.cgroup_id] += f.faults
-        t = Table(title=f"page faults per cgroup v2 ({sum(per_cg.values()):,} in all)", title_justify="left",
+        src = f"; from {r.fault_source}" if r.fault_source else ""
+        t = Table(title=f"page faults per cgroup v2 ({sum(per_cg.values()):,} in all{src})", title_justify="left",
                   box=box.SIMPLE)
         t.add_column("cgroup v2 (id)")
         t.add_column("faults", justify="right")

@@ -22,6 +22,7 @@ from ..cgroupfs import CgroupFS, list_procs, norm_path
 from . import bccload
 from .supported import base_status, detect as detect_probes, tracepoint_exists
 from .btf import memcg_item_names
+from .fault_counters import FaultCounters, all_pids
 from .cuda import CUDA_FUNCS, FUNC_NAMES, KIND_BY_ID, CudaLibrary, discover, open_explicit
 from .quiet import quiet_stderr
 from .resolve import CgroupIds, InodePaths, ProcInfo, kernel_dev
@@ -30,6 +31,7 @@ BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 PARTS = {"faults": "faults.c", "fault_addresses": "fault_addresses.c", "pagecache": "pagecache.c",
          "memcg": "memcg.c", "cuda": "cuda.c"}
 REGION_SHIFT = 21                     # fault_addresses.c MP_REGION_SHIFT
+MEMCG_SLOTS = 256                     # memcg.c MP_MC_SLOTS
 
 
 CUDA_CALLS_PER_REPORT = 500   # calls listed per report (all are counted in outstanding bytes)
@@ -43,11 +45,13 @@ class ProbesUnavailable(Exception):
 
 @dataclass
 class ProbeOptions:
-    faults: bool = True
-    fault_addresses: bool = False         # x86 tracepoint; opt-in: it doubles the per-fault cost
+    faults: bool = True                   # per process: /proc/<pid>/stat counters (free)
+    fault_events: bool = False            # per (cgroup, process) by a BPF program on every fault
+    fault_addresses: bool = False         # x86 tracepoint; opt-in: a program on every user fault
     pagecache: bool = True
-    memcg: bool = True
-    memcg_events: bool = False            # count_memcg_events too (fires on every fault: opt-in)
+    memcg: bool = True                    # memory.stat deltas (free)
+    memcg_stream: bool = False            # memcg tracepoints (several per fault): opt-in
+    memcg_events: bool = False            # count_memcg_events too (implies memcg_stream)
     cuda: bool = True
     uvm: bool = True
     cuda_libs: list[str] = field(default_factory=list)   # host paths hooked in addition
@@ -91,6 +95,7 @@ class ProbeSession:
         self.cuda_calls: list[CudaCall] = []
         self.cuda_lost = 0
         self.memcg_poll_start: Optional[dict[str, int]] = None
+        self.counters = FaultCounters(proc)
         self.v2ids = CgroupIds(self.cgfs.layout.v2_root)
         self.memcg_ids = CgroupIds(self.cgfs.memory_root())
         self.procs = ProcInfo(proc, self.cgfs)
@@ -112,16 +117,32 @@ class ProbeSession:
         ok, why = base_status()
         if not ok:
             raise ProbesUnavailable(why)
-        wanted = {"faults": o.faults, "fault_addresses": o.faults and o.fault_addresses,
+        stream = o.memcg_stream or o.memcg_events
+        wanted = {"faults": o.faults, "fault_addresses": o.fault_addresses,
                   "pagecache": o.pagecache, "memcg": o.memcg, "cuda": o.cuda, "uvm": o.uvm}
+        # per-event mechanisms that a plain run leaves off: they cost on every fault (docs/probes.md)
+        opt_in = {"perf:software/page-faults": (o.fault_events, "opt-in (--fault-events): a BPF program on "
+                                                "every fault; the counters give the same per-process counts"),
+                  "tracepoint:memcg:mod_memcg_state/mod_memcg_lruvec_state": (
+                      stream, "opt-in (--memcg-stream): several tracepoint hits per fault; memory.stat gives "
+                      "the same deltas without increase/decrease")}
         statuses = []
         for s in found:
             if not wanted.get(s.name, True):
                 s = ProbeStatus(s.name, s.mechanism, False, "not requested")
+            elif s.mechanism in opt_in and not opt_in[s.mechanism][0]:
+                s = ProbeStatus(s.name, s.mechanism, False, opt_in[s.mechanism][1])
             statuses.append(s)
+        for name, fallback in (("faults", "counters"), ("memcg", "poll")):
+            fb = next(s for s in statuses if s.name == name and s.mechanism.startswith(fallback))
+            fb.chosen = wanted[name] and not any(s.chosen for s in statuses if s.name == name and s is not fb)
+            if not wanted[name]:
+                fb.reason = "not requested"
+            elif fb.chosen and name == "memcg" and stream:
+                fb.reason = "fallback (no memcg tracepoints): memory.stat read at start and end"
         self.statuses = statuses
-        self.parts = [p for p in PARTS if any(s.name == p and s.chosen and s.mechanism.split(":")[0] != "poll"
-                                              for s in statuses)]
+        self.parts = [p for p in PARTS if any(s.name == p and s.chosen and s.mechanism.split(":")[0]
+                                              not in ("poll", "counters") for s in statuses)]
         self.cflags = [f"-DMP_PC_OWNER_ENTRIES={int(o.page_owner_entries)}"]
         if o.cuda_stacks:
             self.cflags.append("-DMP_CU_STACKS")
@@ -153,11 +174,13 @@ class ProbeSession:
         if s is not None:
             s.chosen = False
             s.reason = reason
-        if name == "memcg" and self.opts.memcg:
-            fb = self._status("memcg", "poll")
+        fallback = {"memcg": ("poll", "memory.stat read at start and end"),
+                    "faults": ("counters", "/proc/<pid>/stat counters")}.get(name)
+        if fallback and getattr(self.opts, name):
+            fb = self._status(name, fallback[0])
             if fb is not None:
                 fb.chosen = True
-                fb.reason = f"fallback ({reason}): memory.stat read at start and end"
+                fb.reason = f"fallback ({reason}): {fallback[1]}"
 
     # ---------------------------------------------------------------- attach
     def start(self) -> list[ProbeStatus]:
@@ -180,6 +203,8 @@ class ProbeSession:
         fb = self._status("memcg", "poll")
         if fb is not None and fb.chosen:
             self.memcg_poll_start = self._read_memory_stat()
+        if self._counting():
+            self.counters.start(self._counter_pids())
         self.v2ids.scan()
         self.memcg_ids.scan()
         self.started_ns = time.monotonic_ns()
@@ -237,8 +262,8 @@ class ProbeSession:
                     self.notes.append(f"sched:sched_process_exec not attached ({e}): comm is the one at the "
                                       "first fault")
         if "fault_addresses" in self.parts:
-            self._try("fault_addresses", "tracepoint", lambda: b.attach_tracepoint(
-                tp=b"exceptions:page_fault_user", fn_name=b"mp_fault_user"))
+            self._try("fault_addresses", "tracepoint", lambda: b.attach_raw_tracepoint(
+                tp=b"page_fault_user", fn_name=b"mp_fault_user"))
         if "pagecache" in self.parts:
             def pc():
                 b.attach_tracepoint(tp=b"filemap:mm_filemap_add_to_page_cache", fn_name=b"mp_pc_add")
@@ -364,6 +389,10 @@ class ProbeSession:
     def poll(self, timeout_ms: int = 0) -> None:
         """Drain the CUDA event stream, learn names of new processes and files, and hook
         libcuda in processes that loaded it since the last look."""
+        if self._counting():
+            self.counters.poll(self._counter_pids())
+            for pid in self.counters.faults():      # comm and cgroups while the process lives
+                self.procs.see(pid)
         if self.bpf is None:
             return
         if "cuda" in self.parts:
@@ -373,10 +402,11 @@ class ProbeSession:
         # procs.see(maps=True) and inodes.from_pid read /proc/<pid>/maps in this thread, which
         # a target can stall (cuda.read_maps); only the libcuda search runs off it
         if "faults" in self.parts:
-            for k, _ in b[b"mp_faults"].items():
-                self.procs.see(k.tgid)
+            for (_, pid), _ in self._fault_events(b).items():
+                self.procs.see(pid)
         if "fault_addresses" in self.parts:
-            for pid in {k.tgid for k, _ in b[b"mp_fault_regions"].items()}:
+            for pid in {k.tgid for k, _ in b[b"mp_fault_regions"].items()} | \
+                    {s.key.tgid for s in b[b"mp_region_slot"][0] if s.n}:
                 self.procs.see(pid, maps=True)
         if "pagecache" in self.parts:
             for k, v in b[b"mp_pc_files"].items():
@@ -431,27 +461,33 @@ class ProbeSession:
             (lambda cg, pid: pid in self.target_pids or cg in tv2)
         if b is not None and "faults" in self.parts:
             comms = {k.value: v.comm.decode("utf-8", "replace") for k, v in b[b"mp_comms"].items()}
-            r.faults = []   # comm: as of the last exec seen (kernel), else as read from /proc
-            for k, v in b[b"mp_faults"].items():
-                if not want(k.cgroup_id, k.tgid):
-                    continue
-                r.faults.append(FaultCount(
-                    cgroup_id=k.cgroup_id, pid=k.tgid, faults=v.value,
-                    comm=comms.get(k.tgid) or self.procs.comm.get(k.tgid),
-                    cgroup_path=self.v2ids.path(k.cgroup_id), memory_cgroup=self.procs.memory_cgroup.get(k.tgid)))
+            r.faults, r.fault_source = [], "perf:software/page-faults"
+            for (cg, pid), n in self._fault_events(b).items():
+                if want(cg, pid):   # comm: as of the last exec seen (kernel), else as read from /proc
+                    r.faults.append(FaultCount(
+                        cgroup_id=cg, pid=pid, faults=n, comm=comms.get(pid) or self.procs.comm.get(pid),
+                        cgroup_path=self.v2ids.path(cg), memory_cgroup=self.procs.memory_cgroup.get(pid)))
             r.faults.sort(key=lambda f: -f.faults)
             lost = b[b"mp_fault_lost"][0].value
             if lost:
                 r.notes.append(f"{lost} page faults not counted: the (cgroup, pid) table was full")
+        elif self._counting():
+            r.faults, r.fault_source = self._fault_counts(want), "/proc/<pid>/stat"
         if b is not None and "fault_addresses" in self.parts:
+            regions: dict[tuple[int, int], int] = {(k.tgid, k.region): v.value
+                                                   for k, v in b[b"mp_fault_regions"].items()}
+            for slot in b[b"mp_region_slot"][0]:        # per CPU: faults not yet added to the map
+                if slot.n:
+                    key = (slot.key.tgid, slot.key.region)
+                    regions[key] = regions.get(key, 0) + slot.n
             per: dict[tuple[int, str], list[int]] = {}
-            for k, v in b[b"mp_fault_regions"].items():
-                if self._targeted() and k.tgid not in self.target_pids:
+            for (pid, region), n in regions.items():
+                if self._targeted() and pid not in self.target_pids:
                     continue
-                start = k.region << REGION_SHIFT
-                m = self.procs.mapping_of(k.tgid, start, start + (1 << REGION_SHIFT)) or "?"
-                acc = per.setdefault((k.tgid, m), [0, 0])
-                acc[0] += v.value
+                start = region << REGION_SHIFT
+                m = self.procs.mapping_of(pid, start, start + (1 << REGION_SHIFT)) or "?"
+                acc = per.setdefault((pid, m), [0, 0])
+                acc[0] += n
                 acc[1] += 1
             r.fault_regions = sorted((FaultRegion(pid, m, n, regions) for (pid, m), (n, regions) in per.items()),
                                      key=lambda x: -x.faults)
@@ -496,7 +532,7 @@ class ProbeSession:
             r.memcg, r.memcg_source = self._memcg_from_map(b), "tracepoint"
         elif self.memcg_poll_start is not None:
             r.memcg, r.memcg_source = self._memcg_from_poll(), "memory.stat poll"
-            r.notes.append("memcg deltas from memory.stat read at start and end (no memcg tracepoints): "
+            r.notes.append("memcg deltas from memory.stat read at start and end (--memcg-stream sums each update): "
                            "flushed lazily, tens of pages per CPU of error; no per-update stream")
         if b is not None and "cuda" in self.parts:
             r.cuda = []
@@ -528,31 +564,71 @@ class ProbeSession:
         r.ended_mono_ns = time.monotonic_ns()        # when the report was complete
         return r
 
+    def _fault_events(self, b) -> dict[tuple[int, int], int]:
+        """(cgroup v2 id, pid) -> faults counted by faults.c: the map plus each CPU's pending slot."""
+        out = {(k.cgroup_id, k.tgid): v.value for k, v in b[b"mp_faults"].items()}
+        for slot in b[b"mp_fault_slot"][0]:
+            if slot.n:
+                key = (slot.key.cgroup_id, slot.key.tgid)
+                out[key] = out.get(key, 0) + slot.n
+        return out
+
+    def _counting(self) -> bool:
+        s = self._status("faults", "counters")
+        return s is not None and s.chosen
+
+    def _counter_pids(self) -> list[int]:
+        return sorted(self.target_pids) if self._targeted() else all_pids(self.proc)
+
+    def _fault_counts(self, want) -> list[FaultCount]:
+        """FaultCount rows from the /proc/<pid>/stat counters (cgroup: the process's v2 cgroup)."""
+        ids = {p: i for i, p in self.v2ids.paths.items()}
+        out = []
+        for pid, n in self.counters.faults().items():
+            self.procs.see(pid)
+            path = self.procs.v2_cgroup.get(pid)
+            cg = ids.get(path) if path is not None else None
+            if cg is None and path is not None:
+                self.v2ids.scan()
+                ids = {p: i for i, p in self.v2ids.paths.items()}
+                cg = ids.get(path)
+            if want(cg or 0, pid):
+                out.append(FaultCount(cgroup_id=cg or 0, pid=pid, faults=n, comm=self.procs.comm.get(pid),
+                                      cgroup_path=path if cg else None,
+                                      memory_cgroup=self.procs.memory_cgroup.get(pid)))
+        return sorted(out, key=lambda f: -f.faults)
+
     def _memcg_from_map(self, b) -> list[MemcgDelta]:
         tm = self._target_memcg_ids()
         out = []
         v1 = self.cgfs.layout.memory_version == 1
+        sums: dict[tuple[int, int, int], list[int]] = {}
         for k, vals in b[b"mp_memcg"].items():
-            if tm is not None and k.memcg_id not in tm:
+            acc = sums.setdefault((k.memcg_id, k.item, k.source), [0, 0])
+            acc[0] += sum(int(x.inc) for x in vals)
+            acc[1] += sum(int(x.dec) for x in vals)
+        for i, vals in b[b"mp_mc_slots"].items():      # per CPU: sums not yet added to the map
+            for x in vals:
+                if x.inc or x.dec:
+                    acc = sums.setdefault((x.memcg_id, i.value % MEMCG_SLOTS, i.value // MEMCG_SLOTS), [0, 0])
+                    acc[0] += int(x.inc)
+                    acc[1] += int(x.dec)
+        for (memcg_id, item, source), (inc, dec) in sums.items():
+            if (tm is not None and memcg_id not in tm) or (inc == 0 and dec == 0):
                 continue
-            inc = sum(int(x.inc) for x in vals)
-            dec = sum(int(x.dec) for x in vals)
-            total = inc + dec
-            if inc == 0 and dec == 0:
-                continue
-            if k.source == 2:
-                name = self.event_names.get(k.item)
+            if source == 2:
+                name = self.event_names.get(item)
                 unit, key = "events", None
                 if name in ("PGFAULT", "PGMAJFAULT"):
                     key = name.lower()
             else:
-                name = self.stat_names.get(k.item)
+                name = self.stat_names.get(item)
                 unit = memcg_item_unit(name)
                 keys = MEMCG_ITEM_STAT_KEYS.get(name or "", (None, None))
                 key = keys[1] if v1 else keys[0]
-            out.append(MemcgDelta(memcg_id=k.memcg_id, item=k.item, delta=total, item_name=name, unit=unit,
-                                  source=("state", "lruvec", "event")[k.source] if k.source < 3 else str(k.source),
-                                  stat_key=key, cgroup_path=self.memcg_ids.path(k.memcg_id),
+            out.append(MemcgDelta(memcg_id=memcg_id, item=item, delta=inc + dec, item_name=name, unit=unit,
+                                  source=("state", "lruvec", "event")[source] if source < 3 else str(source),
+                                  stat_key=key, cgroup_path=self.memcg_ids.path(memcg_id),
                                   increase=inc, decrease=dec))
         out.sort(key=lambda d: (d.memcg_id, d.source, -abs(d.delta)))
         return out

@@ -167,12 +167,15 @@ def detect(want_fentry: bool = False) -> list[ProbeStatus]:
     def add(name, mech, avail, reason, target=None):
         out.append(ProbeStatus(name, mech, bool(ok and avail), reason if ok else why, target))
 
-    # 1. page faults: the perf software event works everywhere (arm64 has no x86 exceptions
-    #    tracepoints); the x86 tracepoint adds addresses
+    # 1. page faults: per process from /proc/<pid>/stat by default (no per-fault cost); per
+    #    (cgroup, process) by the perf software event, which works everywhere (arm64 has no x86
+    #    exceptions tracepoints); the x86 tracepoint adds addresses
+    out.append(ProbeStatus("faults", "counters:/proc/<pid>/stat", True,
+                           "minflt + majflt per process, kept by the kernel: no per-fault cost"))
     pf_ok, pf_why = perf_page_faults_ok() if ok else (False, why)
     add("faults", "perf:software/page-faults", pf_ok, pf_why)
     tp = tracepoint_exists("exceptions", "page_fault_user")
-    add("fault_addresses", "tracepoint:exceptions:page_fault_user", tp,
+    add("fault_addresses", "raw_tracepoint:exceptions:page_fault_user", tp,
         "tracepoint present" if tp else
         ("tracefs not mounted" if t is None else f"no exceptions:page_fault_user on {arch} (x86 only)"))
     # 2. page cache by file
@@ -187,9 +190,9 @@ def detect(want_fentry: bool = False) -> list[ProbeStatus]:
     add("memcg", "tracepoint:memcg:mod_memcg_state/mod_memcg_lruvec_state", mc,
         "tracepoints present (Linux 6.13+), aggregated in the kernel per (memcg id, item)" if mc else
         ("tracefs not mounted" if t is None else "no memcg tracepoints (Linux < 6.13)"))
-    out.append(ProbeStatus("memcg", "poll:memory.stat", not (ok and mc),
-                           "fallback: memory.stat read at start and end (flushed lazily: tens of pages "
-                           "per CPU of error)" if not (ok and mc) else "not needed: tracepoints chosen"))
+    out.append(ProbeStatus("memcg", "poll:memory.stat", True,
+                           "memory.stat read at start and end, the default (flushed lazily: tens of pages "
+                           "per CPU of error); the tracepoints with --memcg-stream"))
     # 4. CUDA uprobes
     up_ok, up_why = uprobes_ok()
     add("cuda", "uprobe:libcuda.so.1", up_ok, up_why)
@@ -211,12 +214,16 @@ def detect(want_fentry: bool = False) -> list[ProbeStatus]:
     return out
 
 
+# mechanisms that read counters the kernel keeps (no BPF): they work wherever /proc and cgroupfs do
+FREE = ("poll:memory.stat", "counters:/proc/<pid>/stat")
+
+
 def summary(statuses: list[ProbeStatus]) -> tuple[bool, str]:
     """One line for `memprobe doctor`."""
     chosen = [f"{s.name} ({s.mechanism.split(':', 1)[0]})" for s in statuses if s.chosen]
-    refused = sorted({f"{s.name}: {s.reason}" for s in statuses if not s.chosen and s.mechanism != "poll:memory.stat"
+    refused = sorted({f"{s.name}: {s.reason}" for s in statuses if not s.chosen and s.mechanism not in FREE
                       and not any(c.name == s.name and c.chosen for c in statuses)})
     text = ("supported: " + ", ".join(chosen)) if chosen else "no probe supported"
     if refused:
         text += "; not: " + "; ".join(refused)
-    return any(s.chosen and s.mechanism != "poll:memory.stat" for s in statuses), text
+    return any(s.chosen and s.mechanism not in FREE for s in statuses), text
