@@ -20,7 +20,7 @@ from test_psi import cg  # noqa: F401 - the live cgroup fixture
 from spark_memprobe.analysis.flight import flight_files
 from spark_memprobe.cli import main
 from spark_memprobe.feed.flight import LIGHT_NOTE, expired
-from spark_memprobe.recording import Recording
+from spark_memprobe.recording import Recording, RecordingError
 from spark_memprobe.sources.bpf import base_status
 from spark_memprobe.sources.bpf.supported import tracefs
 
@@ -94,6 +94,42 @@ def test_oom_kill_is_recorded_at_100ms_and_reported(cg, tmp_path):
     grew = md.split("before it: ", 1)[1].split("|")[0]
     assert "anon +" in grew, grew                  # what grew: the child's anonymous memory
     assert "every 0.1 s" in md
+
+
+def test_memory_pressure_opens_a_window(cg, tmp_path):
+    """The recorder's PSI trigger fires on real reclaim: a child reads a file four times its
+    cgroup's limit over and over (tests/test_psi.py). On a v1 host the trigger is the host's
+    /proc/pressure/memory; 1 ms of stall within 2 s."""
+    if not os.path.exists("/proc/pressure/memory"):
+        pytest.skip("/proc/pressure/memory absent: kernel without CONFIG_PSI (or psi=0)")
+    d = str(tmp_path / "flight")
+    path = fresh_file(str(tmp_path), 128 * MiB)
+    cg.start_child()
+    cg.set("memory.limit_in_bytes" if cg.version == 1 else "memory.max", str(32 * MiB))
+    p = recorder(d, cg, "--psi-stall", "1ms", "--after", "1s")
+    try:
+        wait_for(lambda: os.path.isdir(d) and any(f.kind == "base" for f in flight_files(d)))
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not psi_triggers(d):      # the limit's "max" comes first
+            cg.do(f"read {path}")
+        time.sleep(1.5)
+    finally:
+        out = stop(p)
+        os.unlink(path)
+    assert "trigger psi" in out, out
+    assert any("memory pressure" in v["message"] for v in psi_triggers(d))
+
+
+def psi_triggers(d: str) -> list:
+    found = []
+    for f in flight_files(d):
+        if f.kind == "event":
+            try:
+                with Recording(f.path) as rec:
+                    found += [e.value for e in rec.events("trigger") if e.value["kind"] == "psi"]
+            except RecordingError:                   # created this instant, no header yet
+                pass
+    return found
 
 
 def test_kill_9_loses_at_most_a_second_and_a_restart_overwrites_nothing(cg, tmp_path):
@@ -211,4 +247,4 @@ def test_trigger_window_gets_the_ebpf_reports_and_only_it(cg, tmp_path):
             continue
         assert reports, f"no eBPF report in {f.path}"
         files = [pc for r in reports for pc in r.get("page_cache") or [] if pc["inode"] == ino]
-        assert any(pc["added_pages"] > 0 for pc in files), (f.path, [r.get("page_cache") for r in reports])
+        assert any(pc["added_pages"] > 0 for pc in files), (f.path, [r.get("page_cache") for r in reports], out)

@@ -49,7 +49,7 @@ from .host import open_host
 from .items import FeedItem
 from .live import ProbeWorker
 from .multi import TargetSet, Watched
-from .recorder import Recorder
+from .recorder import PROBES_STEADY_S, Recorder
 
 FILE_RE = re.compile(r"flight-(base|event)-([0-9]{8}T[0-9]{6}Z)-([A-Za-z0-9_.-]{1,120})\.db")
 LIGHT_NOTE = "flight ring: 100 ms sample of memory.current and host meminfo only"
@@ -257,16 +257,17 @@ class FlightRecorder:
 
     def wait(self, timeout_s: float) -> None:
         """Sleep until timeout_s or a trigger descriptor is ready (then handled at once)."""
-        for fd, _ev in self.poller.poll(max(0, int(timeout_s * 1000))):
+        for fd, ev in self.poller.poll(max(0, int(timeout_s * 1000))):
             tr, obj = self.by_fd.get(fd, (None, None))
             if isinstance(obj, PsiTrigger):
-                try:
-                    if obj.fired():
-                        self.trigger("psi", tr, f"memory pressure: some task stalled >= {self.o.psi_stall_us / 1e3:g} "
-                                                f"ms within {self.o.psi_window_us / 1e6:g} s ({obj.path})")
-                except OSError:
+                # this poll's bits are the answer: polling a trigger again clears its event
+                # (kernel/sched/psi.c psi_trigger_poll: cmpxchg(&t->event, 1, 0))
+                if ev & select.POLLERR:
                     self._unregister(obj)
                     tr.psi = None
+                elif ev & select.POLLPRI:
+                    self.trigger("psi", tr, f"memory pressure: some task stalled >= {self.o.psi_stall_us / 1e3:g} "
+                                            f"ms within {self.o.psi_window_us / 1e6:g} s ({obj.path})")
             elif isinstance(obj, EventsWatch):
                 self._events(tr)
 
@@ -349,7 +350,8 @@ class FlightRecorder:
             name = f"flight-{kind}-{stamp}-{rest}{'' if n == 0 else f'-{n}'}.db"
             path = os.path.join(self.o.directory, name)
             try:
-                rec = Recorder(path, header)
+                # a trigger window keeps every eBPF report (one a second); base files hold none
+                rec = Recorder(path, header, probes_every_s=0.0 if kind == "event" else PROBES_STEADY_S)
             except RecordingError as e:
                 if os.path.lexists(path):
                     continue             # taken (a restart within the same second): never overwritten
@@ -512,7 +514,8 @@ class FlightRecorder:
     def _target_item(self, tr: Track) -> Optional[FeedItem]:
         w = tr.watched
         try:
-            s, events = w.follower.tick()
+            # base ticks carry an idle target's memory.stat (TargetSet: stat_max_age_s); a window reads it all
+            s, events = w.follower.tick(full=tr.event is not None)
         except Exception as e:  # noqa: BLE001 - one target's failure leaves the others
             self.log(f"{tr.label}: {type(e).__name__}: {e}")
             return None

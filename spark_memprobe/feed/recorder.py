@@ -24,8 +24,10 @@ def recording_header(feed, interval_s: float, kv_fraction: float) -> dict:
 
 
 class Recorder:
-    def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None):
+    def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None,
+                 probes_every_s: float = PROBES_STEADY_S):
         self.path = path
+        self.probes_every_s = probes_every_s
         self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes)
         self._report = None
         self._sig: tuple = ()
@@ -43,7 +45,7 @@ class Recorder:
             # a report when CUDA memory moved (its calls are only in this one), else every
             # PROBES_STEADY_S: a long recording stays small (docs/record.md)
             sig = tuple((c.pid, c.kind, c.outstanding_bytes) for c in r.cuda or [])
-            if sig != self._sig or r.cuda_calls or r.ended_mono_ns - self._probes_ns >= PROBES_STEADY_S * 1e9:
+            if sig != self._sig or r.cuda_calls or r.ended_mono_ns - self._probes_ns >= self.probes_every_s * 1e9:
                 self.w.add_event(r.ended_mono_ns, "probes", report_to_dict(r))
                 self._sig, self._probes_ns = sig, r.ended_mono_ns
         for kind, value in (("mapped_files", item.mapped_files), ("other_cgroups", item.other_cgroups),
