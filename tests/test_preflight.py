@@ -19,9 +19,23 @@ FLUSH = 64 * PAGE * os.cpu_count()     # memory.stat per-CPU batch error (docs/f
 
 
 def preflight(capsys, *argv) -> tuple[int, dict]:
+    """--as-integrated: the same UMA arithmetic on a host with a discrete GPU (the H200) as on
+    one with none (CI), where it is the default."""
     capsys.readouterr()
-    rc = main(["preflight", *argv, "--json"])
+    rc = main(["preflight", *argv, "--json", "--as-integrated"])
     return rc, json.loads(capsys.readouterr().out)
+
+
+def test_as_integrated_is_said_and_the_default_without_gpu_says_why(capsys):
+    rc, forced = preflight(capsys, "--engine", "vllm")
+    assert forced["state"]["modelled_uma"] and any("on request" in n for n in forced["state"]["notes"]), forced
+    capsys.readouterr()
+    main(["preflight", "--engine", "vllm", "--json"])
+    plain = json.loads(capsys.readouterr().out)
+    if plain["state"]["platform"] in ("discrete", "coherent-numa"):
+        assert not plain["state"]["modelled_uma"] and plain["prediction"]["free_basis"] == "device free"
+    else:
+        assert plain["state"]["modelled_uma"] and not any("on request" in n for n in plain["state"]["notes"])
 
 
 def blocker(d: dict, kind: str, name: str):

@@ -45,6 +45,8 @@ def add_parser(sub):
     p.add_argument("--model", action="append", default=[], metavar="PATH",
                    help="model file or directory: its page cache is measured (mincore) and its size is the weights")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--as-integrated", action="store_true",
+                   help="model this host as integrated UMA (GB10: cudaMemGetInfo = MemFree) even with another GPU")
     e = p.add_argument_group("engine settings (each engine's own flag names)")
     e.add_argument("--gpu-memory-utilization", type=fraction, metavar="F", help="vLLM (default 0.9)")
     e.add_argument("--kv-cache-memory-bytes", type=size, metavar="SIZE", help="vLLM")
@@ -172,7 +174,7 @@ def run(args) -> int:
     smp.close()
     kernel = read_kernel_memory(args.proc, s.notes)
     ledger = build_ledger(host, s, LedgerInputs(kernel=kernel))
-    state = EngineState.from_ledger(ledger, s)
+    state = EngineState.from_ledger(ledger, s, as_integrated=args.as_integrated)
     pred = MODELS[args.engine].predict(state, settings)
     cgfs = CgroupFS(args.cgroup_root)
     others = _other_cgroups(cgfs, cgroup, version) if cgfs.layout.memory_version else []

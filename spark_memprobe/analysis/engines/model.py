@@ -65,10 +65,11 @@ class EngineState:
         return self.cuda_free_bytes, BASIS_MEMFREE
 
     @classmethod
-    def from_ledger(cls, ledger: Ledger, sample: Optional[Sample] = None) -> "EngineState":
+    def from_ledger(cls, ledger: Ledger, sample: Optional[Sample] = None,
+                    as_integrated: bool = False) -> "EngineState":
         """From a ledger (CUDA free/total, MemFree, MemAvailable and the MemAvailable terms);
         swap, memory.max and per-process GPU bytes come from the sample the ledger was built
-        from, when given."""
+        from, when given. as_integrated: model the host as integrated UMA whatever its GPU."""
         kv, gpu = ledger.kv, (ledger.cuda[0] if ledger.cuda else None)
         used = ledger.total("host_used")
         avail = kv.mem_available_bytes
@@ -86,7 +87,12 @@ class EngineState:
             lru = [p.bytes for p in kv.parts if p.key in ("target_page_cache", "other_page_cache", "page_cache")]
             st.page_cache_bytes = sum(lru) if lru else None
             st.reclaimable_kernel_bytes = next((p.bytes for p in kv.parts if p.key == "kreclaimable"), None)
-        if gpu is None and ledger.platform not in ("discrete", "coherent-numa"):
+        if as_integrated and ledger.platform != "integrated":
+            # asked for: what this host's memory would give on a GB10, whatever its GPU
+            st.modelled_uma, st.cuda_free_bytes, st.cuda_total_bytes = True, kv.mem_free_bytes, st.mem_total_bytes
+            st.notes.append(f"modelled as integrated UMA (GB10) on request, though this host is {ledger.platform}: "
+                            "cudaMemGetInfo = MemFree / MemTotal")
+        elif gpu is None and ledger.platform not in ("discrete", "coherent-numa"):
             # no GPU read: model the host as integrated UMA, as the ledger's KV budget does
             st.modelled_uma, st.cuda_free_bytes, st.cuda_total_bytes = True, kv.mem_free_bytes, st.mem_total_bytes
             st.notes.append("no GPU here: every number is what an engine would see if this host were "
