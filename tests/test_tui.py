@@ -170,6 +170,22 @@ def prog_ids():
     return {p["id"] for p in json.loads(out or "[]") if p.get("name", "").startswith("mp_")}
 
 
+def prog_ids_of(argv_part: str) -> set:
+    """IDs of the BPF programs the process whose command line holds argv_part has open
+    (/proc/<pid>/fdinfo prog_id): its own, not those another process loads meanwhile."""
+    ids = set()
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if argv_part.encode() not in open(f"/proc/{d}/cmdline", "rb").read().split(b"\0"):
+                continue
+            for fd in os.listdir(f"/proc/{d}/fdinfo"):
+                m = re.search(r"^prog_id:\s+(\d+)", open(f"/proc/{d}/fdinfo/{fd}").read(), re.M)
+                ids |= {int(m.group(1))} if m else set()
+        except OSError:
+            continue
+    return ids
+
+
 def uprobes_left():
     with open("/sys/kernel/tracing/uprobe_events") as f:
         return [line for line in f.read().splitlines() if "libcuda" in line]
@@ -180,12 +196,14 @@ def uprobes_left():
 def test_attach_tui_in_tmux_records_and_quits_clean(cg, tmp_path):
     from tmuxterm import Tmux
     rec = tmp_path / "tui.db"
-    before = prog_ids()
     t = Tmux([*CLI, "attach", f"cgroup:{cg.path}", "--record", str(rec)], 100, 30)
     try:
         screen = t.wait_for("memprobe LIVE", "where the bytes are counted", "anon", "findings", timeout=60)
         assert cg.path in screen and ("64 MiB" in screen or "64.1 MiB" in screen or "64.2 MiB" in screen)
-        ours = prog_ids() - before          # loaded while attach runs (other sessions' are in `before`)
+        ours = prog_ids_of(f"cgroup:{cg.path}") & prog_ids()     # the attach's own mp_* programs
+        from spark_memprobe.sources.bpf import base_status
+        if shutil.which("bpftool") and base_status()[0]:
+            assert ours, "attach has no eBPF program open: the detach check below would check nothing"
         time.sleep(1.0)                                   # ~10 samples at the default 100 ms
         t.send("p")
         t.wait_for("PAUSED")
