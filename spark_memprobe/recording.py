@@ -94,6 +94,7 @@ ROW_OVERHEAD_BYTES = 64        # a sample row's columns and b-tree cell beside i
 KEYFRAME_EVERY = 600
 COMMIT_EVERY_S = 1.0
 REMOVED = {"__removed__": 1}       # a path present in the previous sample and gone now
+_UNKNOWN_FIELD = "unknown field"      # Recording._fits_field: a field a newer memprobe wrote, left out
 # A sample's JSON is about 4 KB for host + cgroup and under 1 KB per process (the fixtures): 4 MiB
 # is thousands of processes, and parsing 4 MiB of the densest JSON costs 80 MB of memory.
 MAX_SAMPLE_JSON_BYTES = 4 << 20
@@ -323,12 +324,17 @@ def _no_constants(name: str) -> None:
     return None               # NaN and Infinity in JSON read as missing, as nothing measures them
 
 
+_JSON = json.JSONDecoder(parse_constant=_no_constants)     # one for every value: json.loads makes one per call
+
+
 def json_value(text: Any) -> Any:
     """json.loads, raising ValueError for anything that is not JSON text (NULL, numbers, deep nesting)."""
     if not isinstance(text, (str, bytes)):
         raise ValueError(f"not JSON text ({type(text).__name__})")
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        # bytes decoded as json.loads decodes them (json/__init__.py)
+        text = text if isinstance(text, str) else text.decode(json.detect_encoding(text), "surrogatepass")
+        return _JSON.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -676,6 +682,7 @@ class Recording:
             raise RecordingError(f"{path}: corrupt recording (a field path that is not text)")
         self.paths = dict(paths)
         self._types: dict[int, Any] = {}
+        self._fit_types: dict[tuple[int, type], Any] = {}      # (path id, scalar type) -> _fits_field
         self._selected: dict[tuple, frozenset] = {}
         if not all(type(s) is int and type(m) is int and type(k) is int for s, m, k in rows):
             bad = next(i for i, r in enumerate(rows) if not all(type(x) is int for x in r))
@@ -733,21 +740,37 @@ class Recording:
             raise RecordingError(f"{self.path}: corrupt sample data ({e})") from None
         if not isinstance(body, list):
             raise RecordingError(f"{self.path}: corrupt sample data (a {type(body).__name__}, not a list)")
-        known = []
+        known, seen = [], self._fit_types
         for item in body:
-            if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
+            if not (type(item) is list and len(item) == 2 and type(item[0]) is int):
                 raise RecordingError(f"{self.path}: corrupt sample data (item {str(item)[:40]})")
             pid, v = item
-            if pid not in self.paths:
-                raise RecordingError(f"{self.path}: corrupt sample data (unknown field id {pid})")
-            hint = self._leaf(pid)
-            if hint is None:
+            t = type(v)
+            # whether a str, bool, None, 64-bit int or finite float fits depends on the field and
+            # type(v) alone: known after the first such value
+            fits = seen.get((pid, t))
+            if fits is None or t is int and not -(1 << 63) <= v < (1 << 64) or t is float and not math.isfinite(v):
+                fits = self._fits_field(pid, v)
+            if fits is _UNKNOWN_FIELD:
                 continue
-            # flattened: only scalars and empty containers are leaves
-            if v != REMOVED and (isinstance(v, (list, dict)) and v or not _fits(v, hint)):
+            if not fits:
                 raise RecordingError(f"{self.path}: corrupt sample data ({self.paths[pid]} = {str(v)[:40]})")
             known.append(item)
         return known
+
+    def _fits_field(self, pid: int, v: Any) -> Any:
+        """Does v fit field pid (a leaf: a scalar or an empty container)? _UNKNOWN_FIELD for a
+        field this version does not have. Remembered for the values whose type alone decides."""
+        if pid not in self.paths:
+            raise RecordingError(f"{self.path}: corrupt sample data (unknown field id {pid})")
+        hint = self._leaf(pid)
+        t = type(v)
+        fits = _UNKNOWN_FIELD if hint is None else \
+            v == REMOVED or not (isinstance(v, (list, dict)) and v) and _fits(v, hint)
+        if t in (str, bool, type(None)) or t is int and -(1 << 63) <= v < (1 << 64) or \
+                t is float and math.isfinite(v):
+            self._fit_types[pid, t] = fits
+        return fits
 
     def _leaf(self, pid: int) -> Any:
         """The type of a field path's leaf; None for a path no Sample field has."""
@@ -889,8 +912,44 @@ class Step:
         paths = self.rec.paths
         if fields is None:
             return self.rec.build_sample({paths[pid]: v for pid, v in self.flat.items()})
-        ids = self.rec._select((*fields, "mono_ns", "wall_ns"))
-        return self.rec.build_sample({paths[pid]: v for pid, v in self.flat.items() if pid in ids})
+        ids, flat = self.rec._select((*fields, "mono_ns", "wall_ns")), self.flat
+        return self.rec.build_sample({paths[pid]: flat[pid] for pid in sorted(ids) if pid in flat})
+
+    def patch(self, sample: Sample, fields: tuple[str, ...]) -> bool:
+        """Bring `sample`, built by sample(fields) at an earlier step of this walk, to this step
+        by setting the values this step changed under `fields` (no Sample built). False when a
+        change is more than a new scalar in a field the sample has (a field added or removed, a
+        list that grew or shrank): `sample` may then be half set, and sample(fields) builds it."""
+        if self.whole:
+            return False
+        ids, paths = self.rec._select((*fields, "mono_ns", "wall_ns")), self.rec.paths
+        return all(pid not in ids or type(v) in _SCALARS and _set_leaf(sample, paths[pid], v)
+                   for pid, v in self.body)
+
+
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _set_leaf(obj: Any, path: str, v: Any) -> bool:
+    """Set the scalar at a flattened path of a built Sample to v; False where the path does
+    not lead to a scalar it already holds (its shape changed)."""
+    for part in path.split("/"):
+        holder = obj
+        if isinstance(obj, list) and part[:1] == "#" and part[1:].isdigit() and int(part[1:]) < len(obj):
+            key, obj = int(part[1:]), obj[int(part[1:])]
+        elif isinstance(obj, dict) and part in obj:
+            key, obj = part, obj[part]
+        elif dataclasses.is_dataclass(obj) and part in _field_names(type(obj)):
+            key, obj = part, getattr(obj, part)
+        else:
+            return False
+    if type(obj) not in _SCALARS:
+        return False
+    if dataclasses.is_dataclass(holder):
+        setattr(holder, key, v)
+    else:
+        holder[key] = v
+    return True
 
 
 class Bursts:

@@ -5,14 +5,19 @@ an idle target's file mappings are not read again; a change is seen at the next 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import pytest
 
+from fixture_loader import load_step, steps
 from livecg import LiveCgroup
 from spark_memprobe.feed import context
 from spark_memprobe.feed.context import Siblings
 from spark_memprobe.feed.host import open_host
 from spark_memprobe.feed.multi import TargetSet
+from spark_memprobe.analysis.timeline import GPU_FIELDS
+from spark_memprobe.recording import Recording, RecordingWriter
+from spark_memprobe.samples import GpuProcess
 from spark_memprobe.sources.cgroupfs import CgroupFS
 
 MiB = 1 << 20
@@ -62,28 +67,35 @@ def test_an_idle_cgroup_is_not_read_again_and_a_change_is_seen_at_the_next_tick(
     assert anon_of(moved, b.path) >= before + 15 * MiB     # ...and its memory.stat shows the 16 MiB
 
 
-def test_targets_under_one_parent_share_one_read_of_their_siblings(family, every_tick):
+@pytest.fixture
+def kids_followed(family, every_tick):
+    """The three children followed as targets: (TargetSet, HostInfo, children)."""
     _, kids = family
     ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{k.path}" for k in kids], False, 5.0, 0.9,
                    lambda k, m: None, lambda stage, e: (_ for _ in ()).throw(e))
     smp, _, host = open_host()
     try:
         ts.update()
-        assert len(ts.watched) == 3
-        got = ts.sample(host, None, None)
-        assert len(got) == 3
-        # one read of the three children for the three targets, not 3 x 2 sibling reads
-        assert ts.siblings.full_reads == 3
-        for r in got:
-            me = r.watched.follower.target.cgroup_path
-            others = sorted(x["path"] for x in r.watched.context.other_cgroups["cgroups"])
-            assert others == sorted(k.path for k in kids if k.path != me)
-            assert len(r.inputs.others) == 2        # and the ledger got them
-        ts.sample(host, None, None)
-        assert ts.siblings.full_reads == 3
+        yield ts, host, kids
     finally:
         smp.close()
         ts.close()
+
+
+def test_targets_under_one_parent_share_one_read_of_their_siblings(kids_followed):
+    ts, host, kids = kids_followed
+    assert len(ts.watched) == 3
+    got = ts.sample(host, None, None)
+    assert len(got) == 3
+    # one read of the three children for the three targets, not 3 x 2 sibling reads
+    assert ts.siblings.full_reads == 3
+    for r in got:
+        me = r.watched.follower.target.cgroup_path
+        others = sorted(x["path"] for x in r.watched.context.other_cgroups["cgroups"])
+        assert others == sorted(k.path for k in kids if k.path != me)
+        assert len(r.inputs.others) == 2        # and the ledger got them
+    ts.sample(host, None, None)
+    assert ts.siblings.full_reads == 3
 
 
 def test_an_idle_targets_file_mappings_are_read_once_until_it_changes(family, every_tick, tmp_path):
@@ -111,3 +123,57 @@ def test_an_idle_targets_file_mappings_are_read_once_until_it_changes(family, ev
     finally:
         smp.close()
         ts.close()
+
+
+def test_a_sibling_reading_is_turned_into_a_cgroup_sample_once_until_it_is_read_again(kids_followed):
+    ts, host, kids = kids_followed
+
+    def others() -> dict:
+        """{(target, sibling): the CgroupSample the target's ledger got} of one cycle"""
+        return {(r.watched.follower.target.cgroup_path, o.path): o for r in ts.sample(host, None, None)
+                for o in r.inputs.others}
+    one = others()
+    assert len(one) == 6
+    by_path = {}
+    for (_, path), o in one.items():
+        by_path.setdefault(path, []).append(o)
+    assert all(x is os_[0] for os_ in by_path.values() for x in os_)     # one object per sibling, shared
+    two = others()
+    assert all(two[k] is one[k] for k in one)      # nobody moved: the same readings, nothing rebuilt
+    b = kids[1]
+    anon = by_path[b.path][0].stat["anon"]
+    b.do(f"anon {16 * MiB}")
+    three = others()
+    moved = [o for (_, path), o in three.items() if path == b.path]
+    assert all(o is not by_path[b.path][0] and o.stat["anon"] >= anon + 15 * MiB for o in moved)
+    assert all(three[k] is one[k] for k in one if k[1] != b.path)
+
+
+def test_a_long_recordings_gpu_fields_are_set_in_place_where_only_their_values_moved(tmp_path):
+    """report.py walks every sample of a 24 h recording for its GPU series: a step that only
+    changes numbers patches the last Sample built; a changed shape builds it again."""
+    host, s = next((h, x) for h, x in (load_step(st, "memprobe_engine") for st in steps("h100-inference-scenario"))
+                   if x.gpus and x.gpus[0].processes)        # a step with the engine on the GPU
+    w = RecordingWriter(str(tmp_path / "r.db"), {"host": asdict(host), "target": {}, "probes": None,
+                                                       "interval_ns": 10 ** 8})
+    for i in range(8):
+        s.mono_ns, s.wall_ns = 10 ** 9 + i * 10 ** 8, 10 ** 18 + i * 10 ** 8
+        s.gpus[0].used_bytes += MiB
+        s.gpus[0].processes[0].used_bytes += MiB
+        if i == 6:                                   # a new GPU process: the list grew
+            s.gpus[0].processes.append(GpuProcess(pid=4242, used_bytes=MiB, kind="compute"))
+        w.add_sample(s)
+    w.close()
+    rec = Recording(str(tmp_path / "r.db"))
+    try:
+        kept, patched = None, []
+        for step in rec.walk():
+            ok = kept is not None and step.patch(kept, GPU_FIELDS)
+            patched.append(ok)
+            fresh = step.sample(GPU_FIELDS)
+            if ok:
+                assert kept == fresh                 # the same Sample as one built from scratch
+            kept = fresh
+        assert patched == [False, True, True, True, True, True, False, True]
+    finally:
+        rec.close()

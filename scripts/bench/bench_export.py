@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -65,9 +66,9 @@ class Cgroups:
             print(f"bench_export: could not remove {left}", file=sys.stderr)
 
 
-def start_exporter(args: list[str]) -> tuple[subprocess.Popen, int]:
+def start_exporter(args: list[str], root: str = ROOT) -> tuple[subprocess.Popen, int]:
     p = subprocess.Popen([sys.executable, "-m", "spark_memprobe.cli", "export", "--listen", "127.0.0.1:0", *args],
-                         cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                         cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = p.stderr.readline()
@@ -141,27 +142,37 @@ def bench_scrape(targets: int, parallel: int, rounds: int, interval: float) -> d
             "p50_s": statistics.median(lat), "p99_s": lat[int(0.99 * (len(lat) - 1))], "max_s": lat[-1]}
 
 
-def bench_scale(containers: int, interval: float, seconds: float) -> dict:
+def bench_scale(containers: int, interval: float, seconds: float, baseline: Optional[str] = None) -> dict:
+    """The exporter of this tree on `containers` synthetic containers; with baseline (another
+    source tree, e.g. `git archive HEAD` unpacked), that tree's exporter on the same cgroups
+    right after, as out["baseline"]."""
     cg = Cgroups(containers)
     try:
-        p, port = start_exporter(["--all-containers", "--interval", f"{interval}"])
-        try:
-            deadline = time.monotonic() + 120       # until every container is followed
-            while time.monotonic() < deadline:
-                if len(metric(port, "memprobe_target_info")) >= containers:
-                    break
-                time.sleep(interval)
-            time.sleep(interval)
-            c0, t0 = cpu_s(p.pid), time.monotonic()
-            time.sleep(seconds)
-            c1, t1 = cpu_s(p.pid), time.monotonic()
-            followed = len(metric(port, "memprobe_target_info"))
-            cycle = metric(port, "memprobe_exporter_cycle_duration_seconds")
-            rss = rss_bytes(p.pid)
-        finally:
-            stop(p)
+        out = scale_cpu(ROOT, containers, interval, seconds)
+        if baseline:
+            out["baseline"] = scale_cpu(baseline, containers, interval, seconds)
+        return out
     finally:
         cg.close()
+
+
+def scale_cpu(root: str, containers: int, interval: float, seconds: float) -> dict:
+    p, port = start_exporter(["--all-containers", "--interval", f"{interval}"], root)
+    try:
+        deadline = time.monotonic() + 120       # until every container is followed
+        while time.monotonic() < deadline:
+            if len(metric(port, "memprobe_target_info")) >= containers:
+                break
+            time.sleep(interval)
+        time.sleep(interval)
+        c0, t0 = cpu_s(p.pid), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = cpu_s(p.pid), time.monotonic()
+        followed = len(metric(port, "memprobe_target_info"))
+        cycle = metric(port, "memprobe_exporter_cycle_duration_seconds")
+        rss = rss_bytes(p.pid)
+    finally:
+        stop(p)
     return {"containers": containers, "followed": followed, "interval_s": interval, "seconds": round(t1 - t0, 1),
             "cpu_share": (c1 - c0) / (t1 - t0), "cycle_s": cycle[0] if cycle else None, "rss_bytes": rss}
 
@@ -176,6 +187,8 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=None, help="default: 1 s for scrape, 5 s for scale")
     ap.add_argument("--seconds", type=float, default=60.0, help="scale: CPU measured over this long")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--baseline", metavar="DIR", help="scale: also run the exporter of this source tree on the "
+                    "same cgroups, right after (before/after in one run)")
     args = ap.parse_args()
     out = {}
     if args.what in ("scrape", "both"):
@@ -184,10 +197,12 @@ def main() -> int:
               f"{r['body_bytes'] / 1000:.0f} KB: p50 {r['p50_s'] * 1e3:.1f} ms, p99 {r['p99_s'] * 1e3:.1f} ms, "
               f"max {r['max_s'] * 1e3:.1f} ms", flush=True)
     if args.what in ("scale", "both"):
-        r = out["scale"] = bench_scale(args.containers, args.interval or 5.0, args.seconds)
-        print(f"export --all-containers, {r['followed']}/{r['containers']} containers followed, every "
-              f"{r['interval_s']:g} s: {r['cpu_share'] * 100:.2f} % of a core over {r['seconds']:g} s; "
-              f"last cycle {r['cycle_s'] or 0:.3f} s; RSS {r['rss_bytes'] / 2**20:.0f} MiB", flush=True)
+        r = out["scale"] = bench_scale(args.containers, args.interval or 5.0, args.seconds, args.baseline)
+        for who, x in (("", r), (f" (baseline {args.baseline})", r.get("baseline"))):
+            if x is not None:
+                print(f"export --all-containers{who}, {x['followed']}/{x['containers']} containers followed, every "
+                      f"{x['interval_s']:g} s: {x['cpu_share'] * 100:.2f} % of a core over {x['seconds']:g} s; "
+                      f"last cycle {x['cycle_s'] or 0:.3f} s; RSS {x['rss_bytes'] / 2**20:.0f} MiB", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -150,6 +149,8 @@ def main_bench():
                     help="only the HTML report, in a child process (its time and peak RSS), and the seeks")
     ap.add_argument("--seeks", type=int, default=0, help="replay seeks to random places (0: none)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--baseline", metavar="DIR", help="--child: also run the report of this source tree (e.g. "
+                    "`git archive HEAD` unpacked) on the same recording, right after (before/after in one run)")
     a = ap.parse_args()
     if a.child:
         return child_bench(a)
@@ -207,13 +208,21 @@ def recording(a) -> tuple[str, str, int, float]:
     return d, db, n, time.perf_counter() - t
 
 
+def report_child(root: str, db: str, html: str) -> tuple[float, int]:
+    """(seconds, peak RSS bytes) of `memprobe report db -o html` run from source tree `root`."""
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "spark_memprobe.cli", "report", db, "-o", html], cwd=root,
+                         stdout=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        raise SystemExit(f"bench_report: the report from {root} failed (exit {p.returncode})")
+    return time.perf_counter() - t, ru.ru_maxrss * 1024
+
+
 def child_bench(a) -> int:
     d, db, n, made = recording(a)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "spark_memprobe.cli", "report", db, "-o", os.path.join(d, "report.html")],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    report_s = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    report_s, rss = report_child(ROOT, db, os.path.join(d, "report.html"))
     seeks = seek_times(db, a.seeks) if a.seeks else []
     out = {"samples": n, "minutes": a.minutes, "hz": a.hz, "recording_bytes": os.path.getsize(db),
            "written_s": made, "report_s": report_s, "report_rss_bytes": rss,
@@ -221,6 +230,13 @@ def child_bench(a) -> int:
     print(f"recording: {n} samples ({a.minutes / 60:g} h at {a.hz:g} Hz), {out['recording_bytes'] / 2 ** 20:.0f} MiB, "
           f"written in {made:.0f} s")
     print(f"memprobe report -o report.html (child process): {report_s:.1f} s, peak RSS {rss / 2 ** 20:.0f} MiB")
+    if a.baseline:
+        base = os.path.join(d, "report-baseline.html")
+        out["baseline_report_s"], out["baseline_rss_bytes"] = report_child(a.baseline, db, base)
+        with open(os.path.join(d, "report.html"), "rb") as f1, open(base, "rb") as f2:
+            out["same_as_baseline"] = f1.read() == f2.read()
+        print(f"the same from {a.baseline}: {out['baseline_report_s']:.1f} s, peak RSS "
+              f"{out['baseline_rss_bytes'] / 2 ** 20:.0f} MiB; reports byte-identical: {out['same_as_baseline']}")
     if seeks:
         print(f"replay seek to {len(seeks)} random places: p50 {out['seek_p50_s'] * 1e3:.1f} ms, "
               f"max {out['seek_max_s'] * 1e3:.1f} ms")

@@ -7,6 +7,8 @@ it runs; the summary at the end gives each measure, its goal, and whether it was
     sudo .venv/bin/python scripts/bench/run_all.py [--quick] [--skip NAME ...]
 
 --quick: a 1 h recording instead of 24 h, 2 rounds of the eBPF bench, 20 s of scale CPU.
+--baseline DIR: another source tree (e.g. `git archive HEAD | tar -x -C DIR`): its exporter and
+its report run too, on the same cgroups and recording, and the table gives both (before/after).
 The load average before and after says how much other work shared the machine."""
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip", nargs="*", default=[], choices=NAMES)
+    ap.add_argument("--baseline", metavar="DIR", help="source tree to compare the exporter and report with")
     a = ap.parse_args()
+    base = ["--baseline", a.baseline] if a.baseline else []
     tmp = tempfile.mkdtemp(prefix="memprobe-bench-all-")
     j = {n: os.path.join(tmp, f"{n}.json") for n in NAMES}
     load0 = os.getloadavg()
@@ -63,10 +67,10 @@ def main() -> int:
                                      "--json", j["bpf"]])
     if "export" not in a.skip:
         outs["export"], _ = run("export", ["bench_export.py", "both", "--seconds", "20" if a.quick else "60",
-                                           "--json", j["export"]])
+                                           "--json", j["export"], *base])
     if "report" not in a.skip:
         outs["report"], _ = run("report", ["bench_report.py", "--minutes", "60" if a.quick else "1440", "--child",
-                                           "--seeks", "50", "--no-events", "--json", j["report"]])
+                                           "--seeks", "50", "--no-events", "--json", j["report"], *base])
     load1 = os.getloadavg()
     u = os.uname()
     print(f"\n===== issue 21, side by side (one run)\nhost {u.nodename}, kernel {u.release} {u.machine}, "
@@ -106,15 +110,19 @@ def main() -> int:
               f"{verdict(s['p99_s'] <= 0.05, 'by %.0f ms' % ((s['p99_s'] - 0.05) * 1e3))} |")
     if e and "scale" in e:
         s = e["scale"]
+        b0 = s.get("baseline")
+        was = f"; baseline {b0['cpu_share'] * 100:.2f} %" if b0 else ""
         print(f"| export --all-containers, {s['containers']} containers at {s['interval_s']:g} s "
-              f"| {s['cpu_share'] * 100:.2f} % of a core ({s['followed']} followed) | < 5 % | "
+              f"| {s['cpu_share'] * 100:.2f} % of a core ({s['followed']} followed{was}) | < 5 % | "
               f"{verdict(s['cpu_share'] < 0.05, 'by %.2f points' % ((s['cpu_share'] - 0.05) * 100))} |")
     r = load(j["report"])
     if r:
         h = r["minutes"] / 60
         ok = r["report_s"] <= 30 and r["report_rss_bytes"] <= 1 << 30
+        was = (f"; baseline {r['baseline_report_s']:.1f} s, {r['baseline_rss_bytes'] / 2 ** 20:.0f} MiB, same "
+               f"report: {r['same_as_baseline']}") if "baseline_report_s" in r else ""
         print(f"| report of a {h:g} h recording at {r['hz']:g} Hz ({r['samples']} samples) | {r['report_s']:.1f} s, "
-              f"{r['report_rss_bytes'] / 2 ** 20:.0f} MiB RSS | <= 30 s, <= 1 GiB | "
+              f"{r['report_rss_bytes'] / 2 ** 20:.0f} MiB RSS{was} | <= 30 s, <= 1 GiB | "
               f"{verdict(ok, 'see the numbers') if h >= 24 else 'not the 24 h run (--quick)'} |")
         if r.get("seek_max_s") is not None:
             print(f"| replay seek anywhere ({h:g} h recording) | p50 {r['seek_p50_s'] * 1e3:.1f} ms, max "

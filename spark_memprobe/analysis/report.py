@@ -127,12 +127,18 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
     progress("scalar timelines read")
     first = wanted(series, find_moments(series, None, times), n, SCALAR_STEPS)
 
-    # 2. one pass over the samples: the GPU fields of every sample, whole Samples at `first`
+    def with_before(indices) -> set[int]:
+        """indices and the samples their contexts compare with (ReplayFeed.at's `before`)"""
+        return set(indices) | {k for k in (feed.before_index(rec.mono[i]) for i in indices) if k is not None}
+
+    # 2. one pass over the samples: the GPU fields of every sample, whole Samples at `first` and
+    # at their contexts' `before` samples (no second walk for those)
     gpu = GpuTrack(host, series)
     samples: dict[int, Sample] = {}
+    keep = with_before(first)
     for step in rec.walk():
         gpu.add(step)
-        if step.index in first:
+        if step.index in keep:
             samples[step.index] = step.sample()
     progress("sample blobs replayed")
     gpu.add_series(series)
@@ -161,14 +167,14 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
             gpu_key = "cuda_device"
     moments_at = trigger_moments(rec, series, times, find_moments(series, gpu_key, times))
     need = sorted(first | wanted(series, moments_at, n, GPU_STEPS))
-    samples.update(rec.samples_at(i for i in need if i not in samples))
-    progress(f"{len(samples)} samples rebuilt")
+    samples.update(rec.samples_at(i for i in with_before(need) if i not in samples))
+    progress(f"{len(need)} samples rebuilt")
 
     # 5. ledgers, each from what the feed gives at its sample
     ledgers: dict[int, tuple[Ledger, LedgerInputs]] = {}
     for i in need:
         try:
-            inp = ledger_inputs(feed.at(samples[i], nearest=True), feed.header)
+            inp = ledger_inputs(feed.at(samples[i], nearest=True, held=samples), feed.header)
         except (TypeError, AttributeError, KeyError, ValueError) as e:
             raise RecordingError(f"{rec.path}: corrupt event before sample {i} ({type(e).__name__}: {e})") from None
         try:
@@ -241,7 +247,7 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
         not_measured=[], notes=[], stopped=stopped, target_events=target_events, gpu_series_key=gpu_key,
         engine=engine)
     data.not_measured = _not_measured(data, gpu.read, bool(feed.reports), bool(feed.mapped), bool(feed.others))
-    data.notes = (burst_notes(burst) if burst is not None else []) + _notes(samples, moments)
+    data.notes = (burst_notes(burst) if burst is not None else []) + _notes([samples[i] for i in need], moments)
     return data
 
 
@@ -308,9 +314,9 @@ def _not_measured(d: ReportData, gpu_read: bool, probes: bool, mapped: bool, oth
     return out
 
 
-def _notes(samples: dict[int, Sample], moments: list[Moment]) -> list[str]:
+def _notes(samples: list[Sample], moments: list[Moment]) -> list[str]:
     counts: dict[str, int] = {}
-    for s in samples.values():
+    for s in samples:
         for n in set(s.notes):
             counts[n] = counts.get(n, 0) + 1
     out = [f"{n} ({c} of {len(samples)} samples examined)" for n, c in sorted(counts.items(), key=lambda x: -x[1])]

@@ -156,11 +156,15 @@ class GpuTrack:
         self.pids: set[int] = set()         # the target's processes over the run
         self.read = False                   # NVML found a GPU in some sample
         self._facts: Optional[Facts] = None
+        self._sample: Optional[Sample] = None     # the GPU fields of the last step, kept up to date
 
     def add(self, step: Step) -> None:
         f = self._facts
         if f is None or step.changed(GPU_FIELDS):
-            f = self._facts = facts_from_sample(self.host, step.sample(GPU_FIELDS))
+            # most steps change a few numbers (NVML used): set them in the last Sample built
+            if self._sample is None or not step.patch(self._sample, GPU_FIELDS):
+                self._sample = step.sample(GPU_FIELDS)
+            f = self._facts = facts_from_sample(self.host, self._sample)
             self.read |= f.gpus_read
             self.pids.update(f.pids, f.procs or [])
         self.used.append(f.nvml_used)

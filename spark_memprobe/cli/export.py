@@ -12,6 +12,7 @@ withheld rather than served as current.
 from __future__ import annotations
 
 import argparse
+import gc
 import re
 import sys
 import threading
@@ -24,6 +25,7 @@ from .args import duration, fraction, interval
 from .target import TARGET_EXIT
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
+GC_THRESHOLDS = (100_000, 20, 20)      # gc.set_threshold in the exporter process (run)
 ERROR_STAGES = ("targets", "host", "bpf", "sample", "ledger", "metrics", "cycle")   # memprobe_exporter_errors_total
 
 
@@ -320,7 +322,7 @@ def run(args) -> int:
                  all_containers=args.all_containers, interval=args.interval, relist=args.relist,
                  top_files=args.top_files, kv_fraction=args.kv_fraction, stale_after=args.stale_after,
                  bpf=args.bpf, bpf_scan_dirs=args.bpf_scan_dir)
-    srv, serving = None, False
+    srv, serving, thresholds = None, False, gc.get_threshold()
     try:
         try:
             srv = MetricsServer(host, port, lambda: x.exposition, allow_hosts=args.allow_host, log=log)
@@ -328,6 +330,10 @@ def run(args) -> int:
             raise CliError(f"cannot listen on {host}:{port}: permission denied", EXIT_PERMISSION)
         except OSError as e:
             raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}", EXIT_ERROR)
+        # a cycle makes about a thousand objects per target that live until the next one: at the
+        # default threshold (700) the collector ran hundreds of times a cycle, a third of the
+        # exporter's CPU at 100 targets (docs/performance.md); few of them form reference cycles
+        gc.set_threshold(*GC_THRESHOLDS)     # put back when run() returns
         x.start()                            # host facts, probes, first cycle: served from the first scrape on
         threading.Thread(target=srv.serve_forever, name="memprobe-export-http", daemon=True).start()
         serving = True
@@ -351,3 +357,4 @@ def run(args) -> int:
                 srv.shutdown()
             srv.server_close()
         x.stop()
+        gc.set_threshold(*thresholds)

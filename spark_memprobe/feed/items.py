@@ -31,8 +31,32 @@ def mapped_files_from_event(value: dict) -> list[MappedFile]:
                        inode=f.get("inode")) for f in (value or {}).get("files") or []]
 
 
+class _Built:
+    """What was built from a dict, kept while that same dict object comes again: the exporter
+    hands every target under one parent the same sibling dicts, and every target the same
+    kernel dict, until they are read again (feed/context.py); such dicts are never changed."""
+
+    def __init__(self, build, keep: int = 4096):
+        self.build, self.keep = build, keep
+        self.made: dict[int, tuple] = {}          # id(value) -> (value, built): the value kept, so its id is not reused
+
+    def __call__(self, value: dict):
+        hit = self.made.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        if len(self.made) >= self.keep:
+            self.made.clear()
+        built = self.build(value)
+        self.made[id(value)] = (value, built)
+        return built
+
+
+_cgroup = _Built(cgroup_from_dict)
+_kernel = _Built(kernel_from_dict, keep=4)
+
+
 def others_from_event(value: dict) -> list[CgroupSample]:
-    return [cgroup_from_dict(c) for c in (value or {}).get("cgroups") or []]
+    return [_cgroup(c) for c in (value or {}).get("cgroups") or []]
 
 
 @dataclass
@@ -67,7 +91,7 @@ def ledger_inputs(item: FeedItem, header: FeedHeader) -> Optional[LedgerInputs]:
     if item.other_cgroups is not None:
         inputs.others = others_from_event(item.other_cgroups)
     if item.kernel is not None:
-        inputs.kernel = kernel_from_dict(item.kernel)
+        inputs.kernel = _kernel(item.kernel)
     b = item.before
     if b is not None and b.vmstat is not None and s.vmstat is not None and b.mono_ns < s.mono_ns:
         inputs.vmstat_before, inputs.vmstat_before_s = b.vmstat, (s.mono_ns - b.mono_ns) / 1e9

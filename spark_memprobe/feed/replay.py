@@ -68,16 +68,23 @@ class ReplayFeed:
             k = nxt
         return None if k is None else self.report(k)
 
-    def at(self, s: Sample, after_ns: Optional[int] = None, nearest: bool = False) -> FeedItem:
+    def at(self, s: Sample, after_ns: Optional[int] = None, nearest: bool = False,
+           held: Optional[dict[int, Sample]] = None) -> FeedItem:
         """The item of sample s: the report, mappings and other cgroups current at it, and the
         target events after after_ns (none when None). nearest: the eBPF report nearest in time
-        (analysis of a finished recording), not the last one the screen had."""
+        (analysis of a finished recording), not the last one the screen had. held: samples by
+        index the caller already built (the `before` sample is taken from it when there)."""
         events = self.targets.between(after_ns, s.mono_ns) if after_ns is not None else []
-        k = self.rec.index_at(s.mono_ns - int(HostKernel.BEFORE_S * 1e9))
+        k = self.before_index(s.mono_ns)
+        before = None if k is None else held[k] if held and k in held else self._sample(k)
         return FeedItem(sample=s, events=events, report=self.report_at(s.mono_ns, nearest),
-                        kernel=self.kernel.value_at(s.mono_ns), before=self._sample(k) if k is not None else None,
+                        kernel=self.kernel.value_at(s.mono_ns), before=before,
                         mapped_files=self.mapped.value_at(s.mono_ns), other_cgroups=self.others.value_at(s.mono_ns))
 
+    def before_index(self, mono_ns: int) -> Optional[int]:
+        """Index of the sample the context compares with (HostKernel.BEFORE_S earlier)."""
+        return self.rec.index_at(mono_ns - int(HostKernel.BEFORE_S * 1e9))
+
     def item(self, i: int) -> FeedItem:
-        k = self.rec.index_at(self.rec.mono[i] - int(HostKernel.BEFORE_S * 1e9))
+        k = self.before_index(self.rec.mono[i])
         return self.at(self._sample(i, with_=k), self.rec.mono[i - 1] if i > 0 else -1)
