@@ -19,7 +19,7 @@ from livecg import MiB, LiveCgroup, fresh_file
 from test_psi import cg  # noqa: F401 - the live cgroup fixture
 from spark_memprobe.analysis.flight import flight_files
 from spark_memprobe.cli import main
-from spark_memprobe.feed.flight import LIGHT_NOTE, expired
+from spark_memprobe.feed.flight import LIGHT_NOTE, VMSTAT_NOTE, expired
 from spark_memprobe.recording import Recording, RecordingError
 from spark_memprobe.sources.bpf import base_status
 from spark_memprobe.sources.bpf.supported import tracefs
@@ -94,6 +94,22 @@ def test_oom_kill_is_recorded_at_100ms_and_reported(cg, tmp_path):
     grew = md.split("before it: ", 1)[1].split("|")[0]
     assert "anon +" in grew, grew                  # what grew: the child's anonymous memory
     assert "every 0.1 s" in md
+    # the host's vmstat is in the host's base file and the event files, not in each target's base file
+    full_ev = [s for s in rec_samples(target_ev.path) if LIGHT_NOTE not in s.notes]
+    assert full_ev and all(s.vmstat and s.vmstat.counters for s in full_ev)
+    assert all(s.vmstat and s.vmstat.counters for s in rec_samples(base_files(d, "host")[0].path))
+    target_base = base_files(d, label)[0].path
+    tb = rec_samples(target_base)
+    assert tb and all(s.vmstat is None and VMSTAT_NOTE in s.notes and s.meminfo.bytes["MemTotal"] for s in tb)
+    text = io.StringIO()
+    with redirect_stdout(text):
+        assert main(["report", target_base]) == 0          # a target's base file alone still reports
+    assert "anon" in text.getvalue()
+
+
+def rec_samples(path: str) -> list:
+    with Recording(path) as rec:
+        return list(rec.samples(0, len(rec)))
 
 
 def test_memory_pressure_opens_a_window(cg, tmp_path):

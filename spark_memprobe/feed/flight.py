@@ -19,8 +19,9 @@ carry LIGHT_NOTE; the report explains moments at full samples.
 
 At the base rate a target is read whole only when its usage counter moved since its last whole
 reading, or that reading is STAT_MAX_AGE_S old (the exporter's rule, feed/context.py): an idle
-target costs its ring pread and nothing else. Its base sample carries the host's meminfo and
-vmstat of the same tick, flattened once for all targets."""
+target costs its ring pread and nothing else. Its base sample carries the host's meminfo of the
+same tick, flattened once for all targets; the host's vmstat (192 counters, most moving every
+second) is only in the host's base file, and in event files (VMSTAT_NOTE says so)."""
 from __future__ import annotations
 
 import collections
@@ -53,6 +54,7 @@ from .recorder import PROBES_STEADY_S, Recorder
 
 FILE_RE = re.compile(r"flight-(base|event)-([0-9]{8}T[0-9]{6}Z)-([A-Za-z0-9_.-]{1,120})\.db")
 LIGHT_NOTE = "flight ring: 100 ms sample of memory.current and host meminfo only"
+VMSTAT_NOTE = "host /proc/vmstat: in this directory's host base file (flight-base-*-host.db)"
 KERNEL_EVERY_S = 10.0      # zoneinfo, buddyinfo, PSI read this often outside a window (1 ms a read here)
 HOST = "host"
 
@@ -215,7 +217,7 @@ class FlightRecorder:
         self.fast = open_sampler(proc=proc, cgroup_root=cgroup_root)       # meminfo + vmstat, no NVML
         self.meminfo = Reread(f"{proc}/meminfo")
         self.host_now: Optional[Sample] = None       # the host's sample of this base tick
-        self.host_flat: dict = {}                    # its meminfo and vmstat, flattened
+        self.host_flat: dict = {}                    # its meminfo, flattened
         self.kernel = HostKernel(proc)
         self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
         self.ring: collections.deque = collections.deque(maxlen=max(1, int(opts.ring_s / opts.fast_s)))
@@ -479,7 +481,7 @@ class FlightRecorder:
             s = self.host_sampler.sample() if base else self.fast.sample()
             if base:
                 self.host_now = s
-                self.host_flat = {**flatten(s.meminfo, "meminfo"), **flatten(s.vmstat, "vmstat")}
+                self.host_flat = flatten(s.meminfo, "meminfo")
             if tr.event is not None or now - self.kernel_at >= KERNEL_EVERY_S:
                 self.kernel_at = now
                 self.kernel.poll(s)
@@ -489,11 +491,13 @@ class FlightRecorder:
             if item is None:
                 return
             if base and self.host_now is not None:
-                # the host's meminfo and vmstat of this tick, flattened once for every target
+                # the host's meminfo of this tick, flattened once for every target; its vmstat
+                # (192 counters, most of them moving each second) only in the host's base file
                 item.sample.meminfo, item.sample.vmstat = self.host_now.meminfo, self.host_now.vmstat
                 flat = flatten({f.name: getattr(item.sample, f.name) for f in dataclasses.fields(Sample)
-                                if f.name not in ("meminfo", "vmstat")})
+                                if f.name not in ("meminfo", "vmstat", "notes")})
                 flat.update(self.host_flat)
+                flat.update(flatten(item.sample.notes + [VMSTAT_NOTE], "notes"))
         s = item.sample
         if base:
             tr.full_usage, tr.full_at = usage_raw, now
@@ -508,7 +512,7 @@ class FlightRecorder:
                     tr.event_probes = True         # what ran, as `record` says it in its header
                     tr.event.w.set_header("probes", [dataclasses.asdict(p) for p in r.probes])
                 item = dataclasses.replace(item, report=r)
-            tr.event.write(item, flat)
+            tr.event.write(item)                 # flattened whole: an event file holds the host's vmstat too
             self.dirty.add(tr.event)
 
     def _target_item(self, tr: Track) -> Optional[FeedItem]:

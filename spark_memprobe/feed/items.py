@@ -53,6 +53,7 @@ class _Built:
 
 _cgroup = _Built(cgroup_from_dict)
 _kernel = _Built(kernel_from_dict, keep=4)
+_mapped = _Built(mapped_files_from_event)      # a target's mappings dict comes again until they are read again
 
 
 def others_from_event(value: dict) -> list[CgroupSample]:
@@ -87,7 +88,7 @@ def ledger_inputs(item: FeedItem, header: FeedHeader) -> Optional[LedgerInputs]:
     else:
         inputs = LedgerInputs()
     if item.mapped_files is not None:
-        inputs.mapped_files = mapped_files_from_event(item.mapped_files)
+        inputs.mapped_files = list(_mapped(item.mapped_files))
     if item.other_cgroups is not None:
         inputs.others = others_from_event(item.other_cgroups)
     if item.kernel is not None:
