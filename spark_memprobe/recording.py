@@ -8,7 +8,10 @@ Layout (schema 1; `sqlite3 run.db .schema` shows it):
       data is zlib(JSON) of the sample flattened to {path id: value}: a full keyframe every
       KEYFRAME_EVERY samples, otherwise only the fields that changed since the previous
       sample. The scalar columns repeat a few raw readings so that sqlite3 users and report
-      timelines need not decode blobs.
+      timelines need not decode blobs. gpu_data (files written since it was added; readers
+      of older files decode the blobs instead) is JSON text of the items of data whose paths are
+      under GPU_FIELDS, [[path id, value], ...], NULL when there are none: a report's pass over
+      every sample reads it instead of the blob.
   events(seq, mono_ns, kind, value)       JSON, e.g. eBPF aggregates
   bursts(seq, mono_first, mono_last, n, layout, dropped, data)   burst mode only (docs/record.md):
       zlib of n raw samples packed in columns by the native sampler (csrc/memprobe.h), read
@@ -117,6 +120,9 @@ SCALARS = {
     "mem_free_bytes": "meminfo/bytes/MemFree",
     "mem_available_bytes": "meminfo/bytes/MemAvailable",
 }
+# the sample fields a report's GPU series need (analysis/timeline.py), repeated in gpu_data:
+# patterns of path parts as Recording._select takes them
+GPU_FIELDS = ("gpus", "processes/*/pid", "cgroup/path", "cgroup/version", "cgroup/procs")
 
 
 class RecordingError(Exception):
@@ -310,6 +316,15 @@ def _child(hint: Any, part: str) -> Any:
     return None
 
 
+def _under(path: str, patterns: list[list[str]]) -> bool:
+    """Is a flattened path under one of the patterns (path parts, '*' for any one part)?"""
+    parts = path.split("/")
+    return any(len(parts) >= len(pat) and all(a in ("*", b) for a, b in zip(pat, parts)) for pat in patterns)
+
+
+_GPU_PATTERNS = [f.split("/") for f in GPU_FIELDS]
+
+
 def _leaf_type(path: str) -> Any:
     """The type of a flattened sample path's leaf, or None when the path names no field."""
     hint: Any = Sample
@@ -432,6 +447,7 @@ class RecordingWriter:
         self.max_bytes = max_bytes
         self.full = False
         self.path_ids: dict[str, int] = {}
+        self.gpu_ids: set[int] = set()          # ids of the paths under GPU_FIELDS
         self.prev: Optional[dict] = None
         self.n = 0
         self.saved = 0                 # samples committed: what a reader will find
@@ -454,7 +470,7 @@ class RecordingWriter:
             CREATE TABLE header(key TEXT PRIMARY KEY, value TEXT);
             CREATE TABLE paths(id INTEGER PRIMARY KEY, path TEXT UNIQUE);
             CREATE TABLE samples(seq INTEGER PRIMARY KEY, mono_ns INTEGER, wall_ns INTEGER,
-                                 keyframe INTEGER, data BLOB, {cols});
+                                 keyframe INTEGER, data BLOB, {cols}, gpu_data TEXT);
             CREATE TABLE events(seq INTEGER PRIMARY KEY, mono_ns INTEGER, kind TEXT, value TEXT);
             CREATE INDEX events_kind ON events(kind, mono_ns);
         """)
@@ -472,6 +488,8 @@ class RecordingWriter:
         for p in new:
             cur = self.db.execute("INSERT INTO paths(path) VALUES (?)", (p,))
             self.path_ids[p] = cur.lastrowid
+            if _under(p, _GPU_PATTERNS):
+                self.gpu_ids.add(cur.lastrowid)
 
     @_writes
     def add_sample(self, s: Sample, flat: Optional[dict] = None) -> bool:
@@ -495,10 +513,12 @@ class RecordingWriter:
             body += [[self.path_ids[p], REMOVED] for p in self.prev if p not in flat]
         blob = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
         scal = [flat.get(p) if isinstance(flat.get(p), int) else None for p in SCALARS.values()]
-        self.db.execute(f"INSERT INTO samples(seq, mono_ns, wall_ns, keyframe, data, {', '.join(SCALARS)}) "
-                        f"VALUES (?, ?, ?, ?, ?{', ?' * len(SCALARS)})",
-                        [self.n, s.mono_ns, s.wall_ns, int(key), blob, *scal])
-        self.pending_bytes += len(blob) + ROW_OVERHEAD_BYTES
+        gpu = [item for item in body if item[0] in self.gpu_ids]
+        gpu_data = json.dumps(gpu, separators=(",", ":")) if gpu else None
+        self.db.execute(f"INSERT INTO samples(seq, mono_ns, wall_ns, keyframe, data, {', '.join(SCALARS)}, gpu_data) "
+                        f"VALUES (?, ?, ?, ?, ?{', ?' * len(SCALARS)}, ?)",
+                        [self.n, s.mono_ns, s.wall_ns, int(key), blob, *scal, gpu_data])
+        self.pending_bytes += len(blob) + len(gpu_data or "") + ROW_OVERHEAD_BYTES
         self.prev = flat
         self.n += 1
         self._maybe_commit()
@@ -667,6 +687,7 @@ class Recording:
             header = list(self.db.execute("SELECT key, value FROM header"))
             paths = self.db.execute("SELECT id, path FROM paths").fetchall()
             rows = self.db.execute("SELECT seq, mono_ns, keyframe FROM samples ORDER BY seq").fetchall()
+            self.has_gpu_data = "gpu_data" in {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
         except sqlite3.DatabaseError as e:
             raise RecordingError(f"{path}: corrupt recording ({e})") from None
         self.header = {}
@@ -734,6 +755,23 @@ class Recording:
                                  f"more than any sample memprobe writes)")
         if not z.eof:
             raise RecordingError(f"{self.path}: corrupt sample data (truncated zlib stream)")
+        return self._body(text)
+
+    def _gpu_body(self, text: Any, times: tuple) -> list:
+        """A gpu_data value (NULL: no GPU field written) and the row's times ((path id, value)
+        of mono_ns and wall_ns): the items of a sample's blob that walk(gpu_only=True) needs,
+        checked as _decode checks a blob."""
+        if text is not None and not (isinstance(text, str) and len(text) <= MAX_SAMPLE_JSON_BYTES):
+            raise RecordingError(f"{self.path}: corrupt sample data (gpu_data {str(text)[:40]})")
+        body = [] if text is None else self._body(text)
+        for pid, v in times:
+            if pid is None or type(v) is not int:
+                raise RecordingError(f"{self.path}: corrupt recording (sample times {times})")
+            body.append([pid, v])
+        return body
+
+    def _body(self, text: Any) -> list:
+        """Checked [[path id, value], ...] of a blob's JSON text (see _decode)."""
         try:
             body = json_value(text)
         except ValueError as e:
@@ -782,10 +820,7 @@ class Recording:
         """Ids of the field paths under `fields` (patterns of path parts, '*' for any one part)."""
         if fields not in self._selected:
             pats = [f.split("/") for f in fields]
-            self._selected[fields] = frozenset(
-                pid for pid, path in self.paths.items()
-                if any(len(parts) >= len(pat) and all(a in ("*", b) for a, b in zip(pat, parts))
-                       for parts in [path.split("/")] for pat in pats))
+            self._selected[fields] = frozenset(pid for pid, path in self.paths.items() if _under(path, pats))
         return self._selected[fields]
 
     def build_sample(self, flat: dict) -> Sample:
@@ -797,9 +832,11 @@ class Recording:
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise RecordingError(f"{self.path}: corrupt sample data ({type(e).__name__}: {e})") from None
 
-    def walk(self, start: int = 0, stop: Optional[int] = None) -> Iterator["Step"]:
+    def walk(self, start: int = 0, stop: Optional[int] = None, gpu_only: bool = False) -> Iterator["Step"]:
         """Samples start..stop-1 in one pass from the keyframe before start, as Steps: a Sample
-        is built only when asked for, whole or in part."""
+        is built only when asked for, whole or in part. gpu_only: only GPU_FIELDS and the times
+        are asked for; where the recording has gpu_data they are read from it, no blob decoded
+        (step.full is then False)."""
         stop = len(self) if stop is None else min(stop, len(self))
         if start >= stop:
             return
@@ -808,11 +845,17 @@ class Recording:
             raise RecordingError(f"{self.path}: corrupt recording (no keyframe before sample {start})")
         i = self.keyframes[k]
         step = Step(self)
+        side = gpu_only and self.has_gpu_data
+        if side:
+            by_path = {p: pid for pid, p in self.paths.items()}
+            time_ids = (by_path.get("mono_ns"), by_path.get("wall_ns"))
+            step.full = False
         try:
-            cur = self.db.execute("SELECT keyframe, data FROM samples WHERE seq >= ? AND seq < ? ORDER BY seq",
+            cur = self.db.execute(f"SELECT keyframe, {'gpu_data, mono_ns, wall_ns' if side else 'data, 0, 0'} "
+                                  f"FROM samples WHERE seq >= ? AND seq < ? ORDER BY seq",
                                   (self.seqs[i], self.seqs[stop - 1] + 1))
-            for key, blob in cur:
-                body = self._decode(blob)
+            for key, data, mono, wall in cur:
+                body = self._gpu_body(data, tuple(zip(time_ids, (mono, wall)))) if side else self._decode(data)
                 if key:
                     step.flat.clear()
                 for pid, v in body:
@@ -899,6 +942,7 @@ class Step:
         self.flat: dict[int, Any] = {}     # path id -> value, the whole sample
         self.body: list = []               # [path id, value] written for this sample
         self.whole = True                  # a keyframe, or the first step: everything is new
+        self.full = True                   # flat holds every field (not a gpu_only walk of gpu_data)
 
     def changed(self, fields: tuple[str, ...]) -> bool:
         """Did a field under `fields` (Recording._select patterns) change since the previous step?"""
@@ -911,6 +955,8 @@ class Step:
         """The Sample, whole, or holding only `fields` (e.g. ("gpus", "processes/*/pid")) and its times."""
         paths = self.rec.paths
         if fields is None:
+            if not self.full:
+                raise ValueError("a gpu_only walk holds GPU_FIELDS only")
             return self.rec.build_sample({paths[pid]: v for pid, v in self.flat.items()})
         ids, flat = self.rec._select((*fields, "mono_ns", "wall_ns")), self.flat
         return self.rec.build_sample({paths[pid]: flat[pid] for pid in sorted(ids) if pid in flat})

@@ -1,4 +1,5 @@
 """Recordings replay exactly; a kill -9 loses at most the last second; bad files get one line."""
+import json
 import os
 import signal
 import sqlite3
@@ -14,11 +15,11 @@ import pytest
 from fixture_loader import load_step, steps
 from report_recordings import fixture_recording
 from spark_memprobe.cli import EXIT_BAD_INPUT, main
-from spark_memprobe.recording import (KEYFRAME_EVERY, Recording, RecordingError, RecordingWriter, flatten,
-                                      unflatten)
+from spark_memprobe.recording import (GPU_FIELDS, KEYFRAME_EVERY, Recording, RecordingError, RecordingWriter,
+                                      flatten, unflatten)
 from spark_memprobe.probe_report import ProbeReport, report_to_dict
 from spark_memprobe.feed.replay import ReplayFeed
-from spark_memprobe.samples import CgroupSample, Sample, sample_to_dict
+from spark_memprobe.samples import CgroupSample, Sample, sample_from_dict, sample_to_dict
 from spark_memprobe.sources.sampler import PureSampler
 
 ALL = [(s, "memprobe_fixture") for s in steps("h100-cgroup2-scenario")] + \
@@ -336,3 +337,47 @@ def test_fields_a_newer_version_adds_inside_known_values_are_skipped(tmp_path):
         assert item.kernel["zones"][0]["free_pages"] == 10
     assert main(["report", path, "-o", str(tmp_path / "r.md")]) == 0
     assert main(["replay", path, "--json"]) == 0
+
+
+def test_gpu_data_repeats_the_blobs_gpu_items_and_old_files_report_the_same(tmp_path):
+    """gpu_data holds exactly the items of each sample's blob under GPU_FIELDS (NULL where none
+    changed); a report reads it instead of the blobs, and a file without the column (written
+    before it was added) walks and reports the same from its blobs."""
+    samples = [s for _, s in fixture_samples()]
+    # a few samples where only the GPU numbers move, and one where nothing GPU moves
+    for k in range(3):
+        s = sample_from_dict(sample_to_dict(samples[-1]))
+        s.mono_ns, s.wall_ns = samples[-1].mono_ns + (k + 1) * 10 ** 8, samples[-1].wall_ns + k + 1
+        s.gpus[0].used_bytes += k and (k << 20)
+        samples.append(s)
+    os.makedirs(tmp_path / "new")
+    os.makedirs(tmp_path / "old")
+    new, old = str(tmp_path / "new" / "run.db"), str(tmp_path / "old" / "run.db")
+    w = RecordingWriter(new, {"host": asdict(fixture_samples()[0][0]), "interval_ns": 100_000_000, "probes": None})
+    for s in samples:
+        w.add_sample(s)
+    w.close()
+    db = sqlite3.connect(new)
+    paths = dict(db.execute("SELECT id, path FROM paths"))
+    gpu_ids = {i for i, p in paths.items()
+               if any(p == f or p.startswith(f + "/") for f in GPU_FIELDS if "*" not in f)
+               or p.startswith("processes/") and p.endswith("/pid")}
+    rows = db.execute("SELECT data, gpu_data FROM samples ORDER BY seq").fetchall()
+    db.close()
+    assert any(g is None for _, g in rows) and sum(g is not None for _, g in rows) > len(rows) // 2
+    for data, gpu_data in rows:
+        want = [item for item in json.loads(zlib.decompress(data)) if item[0] in gpu_ids]
+        assert (json.loads(gpu_data) if gpu_data is not None else []) == want
+    open(old, "wb").write(open(new, "rb").read())
+    db = sqlite3.connect(old)
+    db.execute("ALTER TABLE samples DROP COLUMN gpu_data")     # the layout before the column
+    db.commit()
+    db.close()
+    with Recording(new) as n, Recording(old) as o:
+        assert n.has_gpu_data and not o.has_gpu_data
+        got = [(st.full, sample_to_dict(st.sample(GPU_FIELDS))) for st in n.walk(gpu_only=True)]
+        assert [g for _, g in got] == [sample_to_dict(st.sample(GPU_FIELDS)) for st in o.walk(gpu_only=True)]
+        assert {f for f, _ in got} == {False}
+    for p in (new, old):
+        assert main(["report", p, "-o", p + ".md"]) == 0
+    assert open(new + ".md").read().replace("/new/", "/old/") == open(old + ".md").read()

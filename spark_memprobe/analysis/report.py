@@ -3,8 +3,9 @@ ledger at each of them, the findings seen over the run, files, CUDA allocations,
 
 Long recordings stay fast because
   - scalar timelines come from the samples table's scalar columns (no blob decoding);
-  - one pass over the samples (Recording.walk) rebuilds only the GPU fields of each sample, and
-    full Samples only at the indices the report needs;
+  - one pass over the samples (Recording.walk) rebuilds only the GPU fields of each sample, from
+    the samples table's gpu_data column where the recording has it (no blob decoding), and full
+    Samples only at the indices the report needs;
   - ledgers are built only at the moments and at a bounded set of candidate samples.
 Every ledger is built from feed's ledger_inputs, as replay and attach build theirs.
 """
@@ -131,16 +132,18 @@ def analyse(rec: Recording, kv_fraction: Optional[float] = None,
         """indices and the samples their contexts compare with (ReplayFeed.at's `before`)"""
         return set(indices) | {k for k in (feed.before_index(rec.mono[i]) for i in indices) if k is not None}
 
-    # 2. one pass over the samples: the GPU fields of every sample, whole Samples at `first` and
-    # at their contexts' `before` samples (no second walk for those)
+    # 2. one pass over the samples: the GPU fields of every sample; whole Samples at `first` and
+    # at their contexts' `before` samples, in the same pass where it decodes blobs (a recording
+    # without gpu_data), else from their keyframes
     gpu = GpuTrack(host, series)
     samples: dict[int, Sample] = {}
     keep = with_before(first)
-    for step in rec.walk():
+    for step in rec.walk(gpu_only=True):
         gpu.add(step)
-        if step.index in keep:
+        if step.full and step.index in keep:
             samples[step.index] = step.sample()
-    progress("sample blobs replayed")
+    samples.update(rec.samples_at(i for i in keep if i not in samples))
+    progress("GPU fields replayed")
     gpu.add_series(series)
 
     # 3. CUDA allocations (eBPF)

@@ -12,7 +12,7 @@ from typing import Optional
 from ..ledger import Ledger, LedgerInputs
 from ..ledger.cuda import model_cuda_free
 from ..ledger.facts import Facts, facts_from_sample
-from ..recording import Recording, Step
+from ..recording import GPU_FIELDS, Recording, Step
 from ..samples import HostInfo, Sample
 
 MiB = 1 << 20
@@ -23,8 +23,6 @@ RAMP_SHARE = 0.15             # ... nor one smaller than this share of the run's
 RAMP_STEP = 16 * MiB          # consecutive rises larger than this form one ramp
 SCALAR_STEPS = ("current", "anon", "file", "shmem", "kernel", "file_mapped", "mem_available")
 GPU_STEPS = ("nvml_used", "nvml_target")
-# the sample fields the GPU series need (recording.py Step.sample)
-GPU_FIELDS = ("gpus", "processes/*/pid", "cgroup/path", "cgroup/version", "cgroup/procs")
 LABELS = {"start": "start", "rise": "largest rise", "model_load": "model load", "kv_sizing": "KV-cache sizing",
           "peak": "peak", "gpu_peak": "GPU peak", "end": "end", "trigger": "trigger"}
 
