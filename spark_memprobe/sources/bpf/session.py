@@ -39,6 +39,21 @@ PAGE_CACHE_LISTED = 96     # files listed per report, largest first (an engine c
 PAGE_CACHE_OTHERS = 32      # files cached by other cgroups kept in a targeted report (largest first)
 
 
+def settled(read_map, read_slots, tries: int = 5):
+    """A map and its per-CPU pending slots (faults.c, fault_addresses.c, memcg.c), read so that
+    no slot was added into the map between the two reads: such a flush (another owner took the
+    slot) would leave its counts in neither copy. Slots are read before and after the map, again
+    while one changed owner or shrank in between. read_slots gives (owner, counts) in a fixed
+    order, counts non-decreasing while the owner keeps the slot."""
+    for _ in range(tries):
+        before = read_slots()
+        rows = read_map()
+        after = read_slots()
+        if all(a[0] == b[0] and all(y >= x for x, y in zip(a[1], b[1])) for a, b in zip(before, after)):
+            break
+    return rows, after
+
+
 class ProbesUnavailable(Exception):
     """No probe can run here (not root, no bcc, bpf() refused); the message is one line."""
 
@@ -474,12 +489,12 @@ class ProbeSession:
         elif self._counting():
             r.faults, r.fault_source = self._fault_counts(want), "/proc/<pid>/stat"
         if b is not None and "fault_addresses" in self.parts:
-            regions: dict[tuple[int, int], int] = {(k.tgid, k.region): v.value
-                                                   for k, v in b[b"mp_fault_regions"].items()}
-            for slot in b[b"mp_region_slot"][0]:        # per CPU: faults not yet added to the map
-                if slot.n:
-                    key = (slot.key.tgid, slot.key.region)
-                    regions[key] = regions.get(key, 0) + slot.n
+            rows, slots = settled(lambda: [((k.tgid, k.region), v.value) for k, v in b[b"mp_fault_regions"].items()],
+                                  lambda: [((s.key.tgid, s.key.region), (s.n,)) for s in b[b"mp_region_slot"][0]])
+            regions: dict[tuple[int, int], int] = dict(rows)
+            for key, (n,) in slots:                     # per CPU: faults not yet added to the map
+                if n:
+                    regions[key] = regions.get(key, 0) + n
             per: dict[tuple[int, str], list[int]] = {}
             for (pid, region), n in regions.items():
                 if self._targeted() and pid not in self.target_pids:
@@ -566,11 +581,12 @@ class ProbeSession:
 
     def _fault_events(self, b) -> dict[tuple[int, int], int]:
         """(cgroup v2 id, pid) -> faults counted by faults.c: the map plus each CPU's pending slot."""
-        out = {(k.cgroup_id, k.tgid): v.value for k, v in b[b"mp_faults"].items()}
-        for slot in b[b"mp_fault_slot"][0]:
-            if slot.n:
-                key = (slot.key.cgroup_id, slot.key.tgid)
-                out[key] = out.get(key, 0) + slot.n
+        rows, slots = settled(lambda: [((k.cgroup_id, k.tgid), v.value) for k, v in b[b"mp_faults"].items()],
+                              lambda: [((s.key.cgroup_id, s.key.tgid), (s.n,)) for s in b[b"mp_fault_slot"][0]])
+        out = dict(rows)
+        for key, (n,) in slots:
+            if n:
+                out[key] = out.get(key, 0) + n
         return out
 
     def _counting(self) -> bool:
@@ -603,16 +619,20 @@ class ProbeSession:
         out = []
         v1 = self.cgfs.layout.memory_version == 1
         sums: dict[tuple[int, int, int], list[int]] = {}
-        for k, vals in b[b"mp_memcg"].items():
-            acc = sums.setdefault((k.memcg_id, k.item, k.source), [0, 0])
-            acc[0] += sum(int(x.inc) for x in vals)
-            acc[1] += sum(int(x.dec) for x in vals)
-        for i, vals in b[b"mp_mc_slots"].items():      # per CPU: sums not yet added to the map
-            for x in vals:
-                if x.inc or x.dec:
-                    acc = sums.setdefault((x.memcg_id, i.value % MEMCG_SLOTS, i.value // MEMCG_SLOTS), [0, 0])
-                    acc[0] += int(x.inc)
-                    acc[1] += int(x.dec)
+        rows, slots = settled(
+            lambda: [((k.memcg_id, k.item, k.source), (sum(int(x.inc) for x in vals), sum(int(x.dec) for x in vals)))
+                     for k, vals in b[b"mp_memcg"].items()],
+            lambda: [((x.memcg_id, i.value % MEMCG_SLOTS, i.value // MEMCG_SLOTS), (int(x.inc), -int(x.dec)))
+                     for i, vals in b[b"mp_mc_slots"].items() for x in vals])
+        for key, (inc, dec) in rows:
+            acc = sums.setdefault(key, [0, 0])
+            acc[0] += inc
+            acc[1] += dec
+        for key, (inc, neg_dec) in slots:               # per CPU: sums not yet added to the map
+            if inc or neg_dec:
+                acc = sums.setdefault(key, [0, 0])
+                acc[0] += inc
+                acc[1] -= neg_dec
         for (memcg_id, item, source), (inc, dec) in sums.items():
             if (tm is not None and memcg_id not in tm) or (inc == 0 and dec == 0):
                 continue
