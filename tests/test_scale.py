@@ -177,3 +177,82 @@ def test_a_long_recordings_gpu_fields_are_set_in_place_where_only_their_values_m
         assert patched == [False, True, True, True, True, True, False, True]
     finally:
         rec.close()
+
+
+
+def test_an_unchanged_targets_series_are_reused_and_a_changed_one_rebuilt_with_its_new_value(family, every_tick):
+    """export's TargetBlocks: a series that kept its value gets last cycle's Sample object (and
+    line) back; a target whose memory moved has those series built again at the next cycle.
+    The other targets' host_other rows and MemAvailable KV budget move with the host's memory."""
+    from spark_memprobe.cli.export import Exporter
+    from spark_memprobe.cli.export_http import exposition_body
+    _, (a, b, c) = family
+    x = Exporter(queries=[f"cgroup:{k.path}" for k in (a, b, c)], interval=3600.0, log=lambda m: None)
+
+    def block(k) -> dict:
+        """{(family, labels after the target's): Sample} of k's block this cycle"""
+        key = next(t for t in x.blocks.new if t[-1] == k.path)
+        return {(name, extra): s for (name, extra, _), (_, s) in zip(*x.blocks.new[key])}
+
+    def built(k) -> int:
+        return next(n for t, n in x.blocks.built.items() if t[-1] == k.path)
+
+    def host_wide(k, last: dict) -> bool:
+        """every series of k built again since `last` is one that follows the host's memory"""
+        return all(name.startswith("kv_") or extra[0] in ("host_other", "reserve")
+                   for (name, extra), s in block(k).items() if s is not last[name, extra])
+
+    def anon_line() -> str:
+        """b's memprobe_ledger_bytes line of the anon row in the `current` view, as served"""
+        body = exposition_body(x.exposition, False, None, time.time()).decode()
+        return next(ln for ln in body.splitlines() if ln.startswith("memprobe_ledger_bytes{")
+                    and f'cgroup="{b.path}"' in ln and 'row="anon"' in ln and 'view="current"' in ln)
+
+    try:
+        x.start()                                # first cycle: every series built
+        assert all(built(k) == len(block(k)) > 40 for k in (a, b, c))
+        for _ in range(5):                       # the first cycles' context reads settle
+            x.cycle()
+        before = {k.path: block(k) for k in (a, b, c)}
+        line = anon_line()
+        x.cycle()                                # nobody moved: a few host-wide series at most
+        assert all(host_wide(k, before[k.path]) for k in (a, b, c)), x.blocks.built
+        before = {k.path: block(k) for k in (a, b, c)}
+        assert all(block(k)[("ledger", ("anon", "current"))] is before[k.path][("ledger", ("anon", "current"))]
+                   for k in (a, b, c))
+        assert anon_line() == line
+        b.do(f"anon {16 * MiB}")
+        x.cycle()                                # b's memory moved: b's series built again, with the new value
+        assert built(b) >= 10 and not host_wide(b, before[b.path])
+        assert all(host_wide(k, before[k.path]) and built(k) < 10 for k in (a, c)), x.blocks.built
+        for k in (a, c):
+            assert block(k)[("ledger", ("anon", "current"))] is before[k.path][("ledger", ("anon", "current"))]
+        assert block(b)[("ledger", ("anon", "current"))] is not before[b.path][("ledger", ("anon", "current"))]
+        old, new = float(line.rsplit(" ", 1)[1]), float(anon_line().rsplit(" ", 1)[1])
+        assert new >= old + 15 * MiB
+    finally:
+        x.stop()
+
+
+def test_lines_kept_from_the_last_cycle_render_as_prometheus_client_does():
+    """export_http's LineCache across cycles: a Sample given again whole, a series at a new
+    value (its label part kept) and a new series all give prometheus_client's bytes."""
+    from prometheus_client.core import GaugeMetricFamily
+    from spark_memprobe.cli.export_http import LineCache, render_both, render_one
+    cache = LineCache()
+
+    def fam(samples):
+        m = GaugeMetricFamily("memprobe_x_bytes", "doc", labels=["host", "row"], unit="bytes")
+        m.samples = list(samples)
+        return m
+    one = fam([])
+    for row, v in (("anon", 1.0), ("kernel", 2 * MiB), ('q"uo\\te', 3)):
+        one.add_metric(["h", row], v)
+    cache.next_cycle()
+    assert render_both(one, cache) == (render_one([one], False), render_one([one], True))
+    two = fam([one.samples[0]])                       # the same Sample object again
+    two.add_metric(["h", "kernel"], 5 * MiB)          # the same series at another value
+    two.add_metric(["h", "new"], 7)
+    cache.next_cycle()
+    assert render_both(two, cache) == (render_one([two], False), render_one([two], True))
+    assert id(two.samples[0]) in cache.same_new       # kept for the next cycle

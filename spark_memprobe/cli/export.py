@@ -135,7 +135,7 @@ class Exporter:
     def __post_init__(self):
         from prometheus_client import ProcessCollector
         from ..feed.multi import TargetSet
-        from ..views.metrics import ExporterStats
+        from ..views.metrics import ExporterStats, TargetBlocks
         from .export_http import LineCache
         self.relist = self.relist if self.relist is not None else max(self.interval, 5.0)
         self.stale_after = self.stale_after if self.stale_after is not None else max(3 * self.interval, 30.0)
@@ -148,6 +148,7 @@ class Exporter:
         self.stats.target_changes = self.targets.changes
         self.exposition = None          # export_http.Exposition: replaced whole, never mutated; read lock-free
         self.lines = LineCache()       # sample lines kept from one cycle's rendering to the next
+        self.blocks = TargetBlocks()   # each target's samples: a series that kept its value keeps its Sample
         self.process = ProcessCollector(registry=None)  # process_cpu_seconds_total etc.: the exporter's own overhead
         self.host = None
         self.host_sampler = None
@@ -280,7 +281,7 @@ class Exporter:
         self.stats.last_cycle_unix = time.time()
         try:
             fams = build_families(self.host, out, host_ledger, report, self.top_files, self.stats, __version__,
-                                  host_sample=host_sample, host_inputs=host_inputs)
+                                  host_sample=host_sample, host_inputs=host_inputs, blocks=self.blocks)
             self.exposition = render(fams + list(self.process.collect()), kept_when_stale, self.stats.last_cycle_unix,
                                      self.host.hostname or "", self.stale_after, self.lines)
         except Exception as e:  # noqa: BLE001

@@ -99,32 +99,41 @@ TEXT_TYPES = {"gauge": "gauge", "counter": "counter", "info": "gauge", "unknown"
 
 def sample_line(s, cache: "LineCache") -> str:
     """'name{k="v",...} value\\n' (keys sorted, values escaped, the value as Go writes it) of one
-    sample: the same in both formats; from the cache when the last cycle had this series at this value."""
+    sample: the same in both formats; from the cache when the last cycle had this series at this value,
+    its label part from the cache when at another value."""
     key = (s.name, tuple(s.labels.items()))
     hit = cache.new.get(key) or cache.old.get(key)
     if hit is not None and hit[0] == s.value:
-        line = hit[1]
+        line, head = hit[1], hit[2]
     else:
-        labels = ",".join(f'{k}="' + v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"') + '"'
-                          for k, v in sorted(s.labels.items()))
-        value = cache.go_float(s.value)
-        line = f"{s.name}{{{labels}}} {value}\n" if labels else f"{s.name} {value}\n"
-    cache.new[key] = (s.value, line)
+        if hit is not None:                   # the same series at another value (host-wide ones move every cycle)
+            head = hit[2]
+        else:
+            labels = ",".join(f'{k}="' + v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"') + '"'
+                              for k, v in sorted(s.labels.items()))
+            head = f"{s.name}{{{labels}}} " if labels else f"{s.name} "
+        line = f"{head}{cache.go_float(s.value)}\n"
+    cache.new[key] = (s.value, line, head)
     return line
 
 
 class LineCache:
     """Sample lines of this cycle (new) and the one before (old): most series keep their labels
-    and many their value from one cycle to the next; what a cycle did not use is dropped."""
+    and many their value from one cycle to the next; what a cycle did not use is dropped.
+    same_old/same_new: by id, the Sample objects given again whole (views/metrics.py TargetBlocks),
+    each kept with its line (so its id is not reused) once its family passed render_both's checks."""
 
     def __init__(self):
         from prometheus_client.utils import floatToGoString
         self.go_float = floatToGoString
         self.old: dict = {}
         self.new: dict = {}
+        self.same_old: dict = {}
+        self.same_new: dict = {}
 
     def next_cycle(self) -> None:
         self.old, self.new = self.new, {}
+        self.same_old, self.same_new = self.same_new, {}
 
 
 def render_both(m, cache: LineCache) -> tuple[bytes, bytes]:
@@ -135,7 +144,12 @@ def render_both(m, cache: LineCache) -> tuple[bytes, bytes]:
     if m.type not in TEXT_TYPES or not PLAIN_NAME.match(m.name):
         return render_one([m], False), render_one([m], True)
     lines, names, keys = [], set(), set()
+    same = cache.same_old
     for s in m.samples:
+        hit = same.get(id(s))
+        if hit is not None and hit[0] is s:       # the same Sample as last cycle: checked and rendered then
+            lines.append(hit[1])
+            continue
         if s.timestamp is not None or s.exemplar is not None or s.native_histogram is not None or s.value is None:
             return render_one([m], False), render_one([m], True)
         names.add(s.name)
@@ -145,6 +159,7 @@ def render_both(m, cache: LineCache) -> tuple[bytes, bytes]:
     if not all(PLAIN_NAME.match(n) and not n.endswith(("_created", "_gsum", "_gcount")) for n in names) or \
             not all(PLAIN_NAME.match(k) for k in keys):
         return render_one([m], False), render_one([m], True)
+    cache.same_new.update(zip(map(id, m.samples), zip(m.samples, lines)))
     body = "".join(lines)
     tname = m.name + ("_total" if m.type == "counter" else "_info" if m.type == "info" else "")
     doc = m.documentation.replace("\\", r"\\").replace("\n", r"\n")

@@ -175,12 +175,80 @@ def _kernel_families(hn: str, host_ledger: Optional[Ledger], host_sample: Option
     return out
 
 
+def target_series(host, t: TargetMetrics, report: Optional[ProbeReport], top_n_files: int) -> tuple:
+    """Every series of one target, in the order build_families adds them: (family, the label
+    values after the target's, value); an info family's value is its labels as sorted pairs."""
+    out: list[tuple] = []
+    lg = t.ledger
+    for r in lg.rows:
+        if r.parent is not None and r.key.startswith(f"{r.parent}.file"):
+            continue          # per-file rows: memprobe_page_cache_file_bytes (bounded there)
+        for view, v in sorted(r.cells.items()):
+            if v is None:
+                continue
+            if r.parent is None:
+                out.append(("ledger", (r.key, view), v))
+            else:
+                out.append(("detail", (r.parent, r.key[len(r.parent) + 1:], view), v))
+    for c in lg.columns:
+        if c.key not in HOST_VIEWS and c.total is not None:
+            out.append(("view", (c.key,), c.total))
+    found = {f.rule: f for f in lg.findings}
+    for rr in lg.rules:
+        if rr.status == "silent":
+            continue
+        f = found.get(rr.rule)
+        out.append(("finding", (rr.rule,), f.bytes if f is not None else 0))
+        out.append(("severity", (rr.rule,), SEVERITY_LEVEL.get(f.severity, 0) if f is not None else 0))
+        if f is not None and f.bytes_low is not None:
+            out.append(("lower", (rr.rule,), f.bytes_low))
+    kv = lg.kv
+    kl = (_gpu_uuid(host, kv.gpu_index), "uma_prediction" if kv.prediction else "measured")
+    if kv.lost_bytes is not None:
+        out.append(("kv_gap", kl, kv.lost_bytes))
+    for p in kv.parts:
+        out.append(("kv_part", kl + (p.key,), p.kv_bytes))
+    if kv.kv_from_cuda_free_bytes is not None:
+        out.append(("kv_budget", kl + ("cuda_free",), kv.kv_from_cuda_free_bytes))
+    if kv.kv_from_available_bytes is not None:
+        out.append(("kv_budget", kl + ("mem_available",), kv.kv_from_available_bytes))
+    out.append(("processes", (), len(t.pids)))
+    out.append(("info", (), tuple((k, _s(v)) for k, v in sorted(t.info.items()))))
+    n = target_faults(report, t.pids, t.cgroup_path)
+    if n is not None:
+        out.append(("faults", (), n))
+    for name, b in top_files(t.inputs, t.cgroup_path, top_n_files) or []:
+        out.append(("file", (name,), b))
+    if t.inputs is not None and t.inputs.cuda_bytes is not None:
+        for kind, b in sorted(t.inputs.cuda_bytes.items()):
+            out.append(("cuda", (kind,), b))
+    return tuple(out)
+
+
+class TargetBlocks:
+    """Each target's samples of the last cycle by its label values, with the series (labels and
+    values, from that cycle's ledger, host-wide inputs included) they were built from. A series
+    equal to last cycle's at the same place gets the same Sample object back, which export_http
+    renders from its last line; any other is built. old: the last cycle's; new: this one's;
+    built: per target, how many of its series this cycle built."""
+
+    def __init__(self):
+        self.old: dict = {}
+        self.new: dict = {}
+        self.built: dict = {}
+
+    def next_cycle(self) -> None:
+        self.old, self.new, self.built = self.new, {}, {}
+
+
 def build_families(host, targets: list[TargetMetrics], host_ledger: Optional[Ledger] = None,
                    report: Optional[ProbeReport] = None, top_n_files: int = DEFAULT_TOP_FILES,
                    stats: Optional[ExporterStats] = None, version: str = "",
-                   host_sample: Optional[Sample] = None, host_inputs: Optional[LedgerInputs] = None) -> list[Metric]:
+                   host_sample: Optional[Sample] = None, host_inputs: Optional[LedgerInputs] = None,
+                   blocks: Optional[TargetBlocks] = None) -> list[Metric]:
     """Every metric family for one sampling cycle. `host` is a samples.HostInfo; host_sample and
-    host_inputs are what host_ledger was built from (vmstat events, host PSI)."""
+    host_inputs are what host_ledger was built from (vmstat events, host PSI); blocks: the
+    exporter's TargetBlocks, kept from one cycle to the next."""
     hn = host.hostname or ""
     fams: list[Metric] = []
     T = list(TARGET_LABELS)
@@ -270,56 +338,37 @@ def build_families(host, targets: list[TargetMetrics], host_ledger: Optional[Led
             "probes started; top N files by bytes, the rest summed in file=\"(other)\"", T + ["file"], unit="bytes")
     cuo = g("memprobe_cuda_outstanding_bytes", "live CUDA driver allocations of the target's processes per kind "
             "(eBPF uprobes on libcuda since the probes started)", T + ["allocation"], unit="bytes")
-    any_faults = False
+    fam = {"ledger": ledger_b, "detail": detail_b, "view": view_b, "finding": fb, "lower": fl, "severity": fs,
+           "kv_gap": kg, "kv_part": kp, "kv_budget": kb, "processes": procs, "info": ti, "faults": faults,
+           "file": pcf, "cuda": cuo}
+    if blocks is not None:
+        blocks.next_cycle()
     for t in targets:
         lv = target_label_values(t)
-        lg = t.ledger
-        for r in lg.rows:
-            if r.parent is not None and r.key.startswith(f"{r.parent}.file"):
-                continue          # per-file rows: memprobe_page_cache_file_bytes (bounded there)
-            for view, v in sorted(r.cells.items()):
-                if v is None:
-                    continue
-                if r.parent is None:
-                    ledger_b.add_metric(lv + [r.key, view], v)
+        series = target_series(host, t, report, top_n_files)
+        old_series, old_samples = blocks.old.get(tuple(lv), ((), ())) if blocks is not None else ((), ())
+        if old_series == series:                  # nothing moved: the whole block again
+            samples = old_samples
+            for name, s in samples:
+                fam[name].samples.append(s)
+            built = 0
+        else:
+            # host-wide values (host_other rows, the KV budget from MemAvailable) move with every
+            # cycle on a busy host: a series that kept its labels and value keeps its Sample
+            same = len(old_series) == len(series)
+            samples, built = [], 0
+            for i, (name, extra, v) in enumerate(series):
+                m = fam[name]
+                if same and old_series[i] == series[i]:
+                    m.samples.append(old_samples[i][1])
                 else:
-                    detail_b.add_metric(lv + [r.parent, r.key[len(r.parent) + 1:], view], v)
-        for c in lg.columns:
-            if c.key not in HOST_VIEWS and c.total is not None:
-                view_b.add_metric(lv + [c.key], c.total)
-        found = {f.rule: f for f in lg.findings}
-        for rr in lg.rules:
-            if rr.status == "silent":
-                continue
-            f = found.get(rr.rule)
-            fb.add_metric(lv + [rr.rule], f.bytes if f is not None else 0)
-            fs.add_metric(lv + [rr.rule], SEVERITY_LEVEL.get(f.severity, 0) if f is not None else 0)
-            if f is not None and f.bytes_low is not None:
-                fl.add_metric(lv + [rr.rule], f.bytes_low)
-        kv = lg.kv
-        kl = lv + [_gpu_uuid(host, kv.gpu_index), "uma_prediction" if kv.prediction else "measured"]
-        if kv.lost_bytes is not None:
-            kg.add_metric(kl, kv.lost_bytes)
-        for p in kv.parts:
-            kp.add_metric(kl + [p.key], p.kv_bytes)
-        if kv.kv_from_cuda_free_bytes is not None:
-            kb.add_metric(kl + ["cuda_free"], kv.kv_from_cuda_free_bytes)
-        if kv.kv_from_available_bytes is not None:
-            kb.add_metric(kl + ["mem_available"], kv.kv_from_available_bytes)
-        procs.add_metric(lv, len(t.pids))
-        ti.add_metric(lv, {k: _s(v) for k, v in sorted(t.info.items())})
-        n = target_faults(report, t.pids, t.cgroup_path)
-        if n is not None:
-            faults.add_metric(lv, n)
-            any_faults = True
-        files = top_files(t.inputs, t.cgroup_path, top_n_files)
-        for name, b in files or []:
-            pcf.add_metric(lv + [name], b)
-        if t.inputs is not None and t.inputs.cuda_bytes is not None:
-            for kind, b in sorted(t.inputs.cuda_bytes.items()):
-                cuo.add_metric(lv + [kind], b)
-    if any_faults:
-        fams.append(faults)
+                    m.add_metric(lv + list(extra), dict(v) if name == "info" else v)
+                    built += 1
+                samples.append((name, m.samples[-1]))
+        if blocks is not None:
+            blocks.new[tuple(lv)] = (series, samples)
+            blocks.built[tuple(lv)] = built
+    fams.append(faults)
 
     # ---- eBPF probes --------------------------------------------------------------------
     if report is not None:
