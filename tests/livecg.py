@@ -129,6 +129,20 @@ def resident_bytes(path: str) -> int:
         libc.munmap(addr, size)
 
 
+def remove_cgroup_dir(d: str, tries: int = 100, wait_s: float = 0.05) -> bool:
+    """rmdir a cgroup directory, again while it is busy (EBUSY until its killed tasks are gone);
+    True once it is gone."""
+    for _ in range(tries):
+        try:
+            os.rmdir(d)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            time.sleep(wait_s)
+    return False
+
+
 class LiveCgroup:
     def __init__(self, cgroup_root: str = "/sys/fs/cgroup", parent: str = "/"):
         self.cgfs = CgroupFS(cgroup_root)
@@ -167,12 +181,5 @@ class LiveCgroup:
 
     def cleanup(self) -> None:
         self.stop_child()
-        for _ in range(50):          # rmdir fails with EBUSY until the killed task is gone
-            try:
-                os.rmdir(self.dir)
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"could not remove {self.dir}")
+        if not remove_cgroup_dir(self.dir, tries=50):
+            raise RuntimeError(f"could not remove {self.dir}")

@@ -24,6 +24,8 @@ import uuid
 
 import pytest
 
+from livecg import remove_cgroup_dir
+
 from spark_memprobe.sources.bpf import ProbeOptions, ProbeSession, base_status
 from spark_memprobe.sources.bpf.supported import tracefs
 from spark_memprobe.sources.cgroupfs import CgroupFS
@@ -69,13 +71,7 @@ def cgroups():
         return path, cgfs.directory(path)
     yield make
     for path in made:
-        d = cgfs.directory(path)
-        for _ in range(100):
-            try:
-                os.rmdir(d)
-                break
-            except OSError:
-                time.sleep(0.05)
+        remove_cgroup_dir(cgfs.directory(path))
 
 
 class Torch:

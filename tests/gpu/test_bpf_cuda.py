@@ -22,6 +22,8 @@ import uuid
 
 import pytest
 
+from livecg import remove_cgroup_dir
+
 from spark_memprobe.sources.bpf import ProbeOptions, ProbeSession, base_status
 from spark_memprobe.sources.bpf.supported import tracefs
 from spark_memprobe.sources.cgroupfs import detect_layout
@@ -128,9 +130,4 @@ def test_real_cuda_allocations_are_attributed_exactly_per_kind(gpu_ready):
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
         child.wait()
-        for _ in range(50):
-            try:
-                os.rmdir(cg)
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup_dir(cg, tries=50, wait_s=0.1)

@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 
+from livecg import remove_cgroup_dir
+
 from spark_memprobe.sources.cgroupfs import CgroupFS
 from spark_memprobe.sources.cuda_driver import probe_cuda
 from spark_memprobe.sources.nvml import NvmlReader
@@ -59,12 +61,7 @@ def cg():
         yield path, w
     finally:
         w.close()
-        for _ in range(100):
-            try:
-                os.rmdir(d)
-                break
-            except OSError:
-                time.sleep(0.05)
+        remove_cgroup_dir(d)
 
 
 def read_all(path, pid):
