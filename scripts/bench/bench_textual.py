@@ -65,7 +65,7 @@ def app_main(query: str) -> None:
 
 
 def main():
-    from bench_tui import CLI, find_pid, measure
+    from bench_tui import CLI, find_pid, measure, print_rows
     from livecg import MiB, LiveCgroup
     from tmuxterm import Tmux
 
@@ -101,10 +101,7 @@ def main():
                     t.send("q")
                 finally:
                     t.close()
-        print(f"host {os.uname().nodename} kernel {os.uname().release}, {os.cpu_count()} CPUs, {a.seconds:.0f} s each")
-        print("\n| screen at 10 Hz (sample + ledger + render) | % of one core |\n|---|---:|")
-        for name, pct in rows:
-            print(f"| {name} | {pct:.1f} |")
+        print_rows("screen at 10 Hz (sample + ledger + render)", rows, a.seconds)
     finally:
         cg.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -45,6 +45,14 @@ def find_pid(pattern: str) -> int:
     raise RuntimeError(f"no process {pattern}")
 
 
+def print_rows(title: str, rows: list, seconds: float) -> None:
+    """The host line and the Markdown table of (name, % of one core) rows."""
+    print(f"host {os.uname().nodename} kernel {os.uname().release}, {os.cpu_count()} CPUs, {seconds:.0f} s each")
+    print(f"\n| {title} | % of one core |\n|---|---:|")
+    for name, pct in rows:
+        print(f"| {name} | {pct:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30.0)
@@ -74,10 +82,7 @@ def main():
                 t.rc()
             finally:
                 t.close()
-        print(f"host {os.uname().nodename} kernel {os.uname().release}, {os.cpu_count()} CPUs, {a.seconds:.0f} s each")
-        print("\n| what | % of one core |\n|---|---:|")
-        for name, pct in rows:
-            print(f"| {name} | {pct:.1f} |")
+        print_rows("what", rows, a.seconds)
     finally:
         cg.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
