@@ -262,14 +262,14 @@ class FlightRecorder:
         for fd, ev in self.poller.poll(max(0, int(timeout_s * 1000))):
             tr, obj = self.by_fd.get(fd, (None, None))
             if isinstance(obj, PsiTrigger):
-                # this poll's bits are the answer: polling a trigger again clears its event
-                # (kernel/sched/psi.c psi_trigger_poll: cmpxchg(&t->event, 1, 0))
-                if ev & select.POLLERR:
+                try:
+                    if obj.answer(ev):       # this poll's answer: a second poll would say no
+                        self.trigger("psi", tr, f"memory pressure: some task stalled >= "
+                                                f"{self.o.psi_stall_us / 1e3:g} ms within "
+                                                f"{self.o.psi_window_us / 1e6:g} s ({obj.path})")
+                except OSError:
                     self._unregister(obj)
                     tr.psi = None
-                elif ev & select.POLLPRI:
-                    self.trigger("psi", tr, f"memory pressure: some task stalled >= {self.o.psi_stall_us / 1e3:g} "
-                                            f"ms within {self.o.psi_window_us / 1e6:g} s ({obj.path})")
             elif isinstance(obj, EventsWatch):
                 self._events(tr)
 

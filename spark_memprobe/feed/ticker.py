@@ -96,18 +96,18 @@ class EventWake:
                 return why
 
     def _why(self, ready: dict) -> str:
-        """What woke the poll ("" when nothing that matters grew), its readiness cleared. A PSI
-        trigger is read from this poll's answer: polling it clears its event (kernel/sched/psi.c
-        psi_trigger_poll), so asking it again would say no."""
+        """What woke the poll ("" when nothing that matters grew), its readiness cleared (a PSI
+        trigger by this poll's answer: PsiTrigger.answer)."""
         why = []
         ev = ready.get(self.psi.fileno(), 0) if self.psi is not None else 0
-        if ev & select.POLLERR:           # its cgroup was removed: it can never fire again
+        try:
+            if ev and self.psi.answer(ev):
+                why.append(f"memory pressure ({self.psi.path}: some task stalled >= {self.stall_us / 1e3:g} ms "
+                           f"within {self.window_us / 1e6:g} s)")
+        except OSError:                   # its cgroup was removed: it can never fire again
             self._poll.unregister(self.psi.fileno())
             self.psi.close()
             self.psi = None
-        elif ev & select.POLLPRI:
-            why.append(f"memory pressure ({self.psi.path}: some task stalled >= {self.stall_us / 1e3:g} ms "
-                       f"within {self.window_us / 1e6:g} s)")
         if self.watch is not None and self.watch.fileno() in ready:
             grew = self.watch.changes()
             if grew:

@@ -86,14 +86,17 @@ class PsiTrigger:
         return self.fd
 
     def fired(self, timeout_s: float = 0.0) -> bool:
-        """Did the trigger fire (within timeout_s)? POLLERR: the file went away (its cgroup was
-        removed), which raises OSError: the trigger can never fire again."""
-        for _fd, ev in self._poll.poll(int(timeout_s * 1000)):
-            if ev & select.POLLERR:
-                raise OSError(errno.ENODEV, f"{self.path}: PSI trigger gone (cgroup removed?)")
-            if ev & select.POLLPRI:
-                return True
-        return False
+        """Did the trigger fire (within timeout_s)? See answer()."""
+        return any(self.answer(ev) for _fd, ev in self._poll.poll(int(timeout_s * 1000)))
+
+    def answer(self, events: int) -> bool:
+        """Did it fire, by the events a poll() returned for fileno()? A caller polling the fd
+        itself must read that poll's answer: polling a trigger clears its event
+        (kernel/sched/psi.c psi_trigger_poll), so asking again says no. POLLERR: the file went
+        away (its cgroup was removed), which raises OSError: it can never fire again."""
+        if events & select.POLLERR:
+            raise OSError(errno.ENODEV, f"{self.path}: PSI trigger gone (cgroup removed?)")
+        return bool(events & select.POLLPRI)
 
     def close(self) -> None:
         if self.fd >= 0:
