@@ -165,6 +165,22 @@ def test_refused_input_is_one_line_with_exit_2(tmp_path, args, message):
     assert not os.path.exists(tmp_path / "o")
 
 
+def test_an_output_folder_another_user_can_write_is_refused(tmp_path):
+    """Attack: a local user makes the -o folder first (empty, world-writable or theirs) and plants
+    a FIFO where a run's --cidfile goes: reading it would block. Defence: an existing folder must
+    be the caller's and writable by nobody else; nothing runs."""
+    for mode, uid in ((0o777, 0), (0o700, 65534)):
+        d = tmp_path / f"o-{mode:o}-{uid}"
+        d.mkdir()
+        os.chmod(d, mode)
+        os.chown(d, uid, -1)
+        r = memprobe(dict(os.environ), "ab", "--a", "/bin/true", "--b", "/bin/true", "--rounds", "1",
+                     "-o", str(d), timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 7 and len(lines) == 1 and "yours" in lines[0], r.stderr
+        assert os.listdir(d) == []
+
+
 def test_detached_docker_run_is_refused(tmp_path):
     r = memprobe(dict(os.environ), "ab", "--a", "/bin/true", "--b", "docker run -d img", "--rounds", "1",
                  "-o", str(tmp_path / "o"), timeout=60)

@@ -73,6 +73,11 @@ def _outdir(path) -> str:
     except FileExistsError:
         if os.path.islink(path) or not os.path.isdir(path) or os.listdir(path):
             raise CliError(f"-o {path}: exists and is not an empty directory", EXIT_OUTPUT) from None
+        st = os.lstat(path)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            # another user could plant files the runs then open (a FIFO as a --cidfile blocks)
+            raise CliError(f"-o {path}: an existing directory must be yours and writable by you alone",
+                           EXIT_OUTPUT) from None
     except OSError as e:
         raise CliError(f"-o {path}: {e.strerror}", EXIT_OUTPUT) from None
     return path

@@ -20,7 +20,7 @@ from ..recording import RecordingError
 from ..sources.cgroupfs import CgroupFS, list_procs
 from ..sources.child_process import python_argv
 from ..sources.engine_log import parse_lines
-from ..sources.pagecache import cached_bytes, evict, open_regular
+from ..sources.pagecache import NotRegularFile, cached_bytes, evict, open_regular
 from ..sources.targets.resolver import Resolver, TargetError
 from .live import LiveFeed
 from .recorder import Recorder, recording_header
@@ -181,9 +181,9 @@ def _docker_target(resolver: Resolver, cidfile: str, proc: subprocess.Popen):
     deadline = time.monotonic() + CID_WAIT_S
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with open(cidfile) as f:
-                cid = f.read().strip()
-        except FileNotFoundError:
+            with os.fdopen(open_regular(cidfile)) as f:     # never a FIFO or a planted link
+                cid = f.read(128).strip()
+        except (FileNotFoundError, NotRegularFile):
             cid = ""
         if len(cid) == 64:
             try:
