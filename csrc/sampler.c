@@ -263,19 +263,49 @@ const char *mp_status_key(int idx)
     return (idx >= 0 && idx < MP_STATUS_KEYS) ? status_keys[idx] : NULL;
 }
 
-/* pread the whole file at offset 0 into t->buf.  Returns length or -errno.
- * *full is set when the file did not fit (the text would be cut). */
-static int read_fd(struct mp_target *t, int fd, int *full)
+/* Longest record of a multi-record file read here: /proc/vmstat's are "name value\n" lines of
+ * under 64 bytes; the other files are one record each (one show call), returned whole. */
+#define MP_RECORD_MAX 256
+
+static ssize_t pread_intr(int fd, char *buf, size_t len, off_t off)
 {
     ssize_t n;
 
     do
-        n = pread(fd, t->buf, MP_BUFSZ, 0);
+        n = pread(fd, buf, len, off);
     while (n < 0 && errno == EINTR);
+    return n;
+}
+
+/* pread the whole file at offset 0 into t->buf.  Returns length or -errno.
+ * *full is set when the file did not fit (the text would be cut).
+ * A read of a multi-record seq_file can return less than the file although more follows:
+ * it stops once the next record would overflow its buffer (fs/seq_file.c seq_read_iter;
+ * docs/facts.md#f-seq-read-short), so it returned more than (buffer - one record), and the
+ * buffer is at least a page.  A first read shorter than (page - MP_RECORD_MAX) was therefore
+ * the whole file (one pread, the common case at 1 kHz); a longer one is continued at the
+ * offset reached until pread returns 0 or the buffer is full. */
+static int read_fd(struct mp_target *t, int fd, int *full)
+{
+    size_t got;
+    ssize_t n;
+
+    n = pread_intr(fd, t->buf, MP_BUFSZ, 0);
     if (n < 0)
         return -errno;
-    *full = n == MP_BUFSZ;
-    return (int)n;
+    got = (size_t)n;
+    if (got + MP_RECORD_MAX >= (size_t)sysconf(_SC_PAGESIZE)) {
+        while (got < MP_BUFSZ) {
+            n = pread_intr(fd, t->buf + got, MP_BUFSZ - got, (off_t)got);
+            if (n < 0)
+                return -errno;
+            if (n == 0)
+                break;
+            got += (size_t)n;
+        }
+    }
+    *full = got == MP_BUFSZ;
+    return (int)got;
 }
 
 static void read_kv(struct mp_target *t, int slot, int64_t *vals, struct mp_filehdr *hdr)
