@@ -141,6 +141,8 @@ def list_procs(directory: str, recursive: bool = True) -> list[int]:
     while stack:
         d = stack.pop()
         try:
+            if os.stat(d, follow_symlinks=False).st_nlink == 2:
+                continue           # no subdirectory: kernfs counts 2 + subdirectories (fs/kernfs/inode.c; btrfs says 1)
             with os.scandir(d) as it:
                 children = [e.path for e in it if e.is_dir(follow_symlinks=False)]
         except OSError:
