@@ -47,6 +47,28 @@ def test_fixture_parity(step):
         assert pure == native
 
 
+@pytest.mark.parametrize("step", ALL_STEPS[:3] + [os.path.join(os.path.dirname(__file__), "fixtures", "hybrid-v1-vm")],
+                         ids=os.path.basename)
+def test_without_host_files_the_rest_is_the_same(step):
+    """host_files=False (feed/multi.py: the host is read once for all targets): meminfo and
+    vmstat are None, no note about them, every other field what the sampler gives with them."""
+    mem = os.path.join(step, "cgroup", "memory")
+    base = mem if os.path.isdir(mem) else os.path.join(step, "cgroup")
+    cg = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))[0]
+    kw = dict(proc=os.path.join(step, "proc"), cgroup_root=os.path.join(step, "cgroup"), cgroup=cg,
+              pids=step_pids(step))
+    with PureSampler(**kw) as p, NativeSampler(**kw) as n:
+        whole = comparable(n.sample())
+    with PureSampler(host_files=False, **kw) as p, NativeSampler(host_files=False, **kw) as n:
+        pure, native = comparable(p.sample()), comparable(n.sample())
+    assert pure == native
+    assert native["meminfo"] is None and native["vmstat"] is None
+    assert not [x for x in native["notes"] if "meminfo" in x or "vmstat" in x]
+    assert whole["meminfo"] is not None
+    whole.update(meminfo=None, vmstat=None)
+    assert native == whole
+
+
 def test_live_parity_host():
     """On the live host meminfo moves between two reads; the key sets must be equal and the
     values that cannot move (MemTotal) equal."""

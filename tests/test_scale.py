@@ -4,6 +4,7 @@ target under one parent, a cgroup's memory.stat is read again only when its usag
 an idle target's file mappings are not read again; a change is seen at the next tick."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 
@@ -256,3 +257,40 @@ def test_lines_kept_from_the_last_cycle_render_as_prometheus_client_does():
     cache.next_cycle()
     assert render_both(two, cache) == (render_one([two], False), render_one([two], True))
     assert id(two.samples[0]) in cache.same_new       # kept for the next cycle
+
+
+def test_processes_are_listed_through_child_cgroups():
+    """list_procs skips the directory walk where kernfs counts no subdirectory (a link count of
+    2): the processes of a cgroup two levels down are still found, and a leaf lists its own."""
+    from spark_memprobe.sources.cgroupfs import list_procs
+    outer = LiveCgroup()
+    inner = deeper = None
+    try:
+        inner = LiveCgroup(parent=outer.path)
+        deeper = LiveCgroup(parent=inner.path)
+        pid = deeper.start_child()
+        assert os.stat(outer.dir).st_nlink == 3 and os.stat(deeper.dir).st_nlink == 2
+        assert list_procs(outer.dir) == [pid]
+        assert list_procs(deeper.dir) == [pid]
+        assert list_procs(outer.dir, recursive=False) == []
+    finally:
+        for cg in (deeper, inner, outer):
+            if cg is not None:
+                cg.cleanup()
+
+
+def test_targets_carry_the_hosts_meminfo_and_read_none_of_their_own(kids_followed):
+    """The targets' samplers do not read /proc/meminfo or /proc/vmstat (one host read serves
+    every target, cli/export.py): without the host sample a target's sample has neither, with
+    it each target's sample holds the host sample's."""
+    ts, host, kids = kids_followed
+    assert [r.item.sample.meminfo for r in ts.sample(host, None, None)] == [None] * 3
+    smp, first, _ = open_host()
+    try:
+        got = ts.sample(host, None, None, host_sample=first)
+        assert len(got) == 3
+        for r in got:
+            assert r.item.sample.meminfo is first.meminfo and r.item.sample.vmstat is first.vmstat
+            assert not [n for n in r.item.sample.notes if "meminfo" in n or "vmstat" in n]
+    finally:
+        smp.close()

@@ -266,7 +266,7 @@ class Exporter:
         out: list[TargetMetrics] = []
         gpus = host_sample.gpus if host_sample is not None else None     # NVML read once per cycle
         # the host's page-allocator state was polled with the host sample: the targets reuse it
-        for r in self.targets.sample(self.host, gpus, report):
+        for r in self.targets.sample(self.host, gpus, report, host_sample):
             try:
                 t = r.watched.follower.target
                 pids = sorted(p.pid for p in r.item.sample.processes)

@@ -216,8 +216,8 @@ class FlightRecorder:
         self.capabilities = checks_to_dicts(run_checks())
         self.fast = open_sampler(proc=proc, cgroup_root=cgroup_root)       # meminfo + vmstat, no NVML
         self.meminfo = Reread(f"{proc}/meminfo")
-        self.host_now: Optional[Sample] = None       # the host's sample of this base tick
-        self.host_flat: dict = {}                    # its meminfo, flattened
+        self.host_now: Optional[Sample] = None       # the host's sample of this tick, if it has one
+        self.host_flat: dict = {}                    # the meminfo of the last base one, flattened
         self.kernel = HostKernel(proc)
         self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
         self.ring: collections.deque = collections.deque(maxlen=max(1, int(opts.ring_s / opts.fast_s)))
@@ -427,6 +427,7 @@ class FlightRecorder:
             self.last_base = now
             self._sync_targets()
         mono, wall = time.monotonic_ns(), time.time_ns()
+        self.host_now = None
         usage = {k: t.watch.usage_raw() for k, t in self.tracks.items() if t.watch is not None}
         meminfo = self.meminfo.raw()
         self.ring.append((mono, wall, meminfo, usage))
@@ -478,9 +479,8 @@ class FlightRecorder:
     def _sample(self, tr: Track, base: bool, usage_raw: Optional[bytes], now: float) -> None:
         flat = None
         if tr.key == HOST:
-            s = self.host_sampler.sample() if base else self.fast.sample()
+            s = self.host_now = self.host_sampler.sample() if base else self.fast.sample()
             if base:
-                self.host_now = s
                 self.host_flat = flatten(s.meminfo, "meminfo")
             if tr.event is not None or now - self.kernel_at >= KERNEL_EVERY_S:
                 self.kernel_at = now
@@ -490,10 +490,11 @@ class FlightRecorder:
             item = self._target_item(tr)
             if item is None:
                 return
+            if self.host_now is not None:      # the targets' samplers read no host file (feed/multi.py)
+                item.sample.meminfo, item.sample.vmstat = self.host_now.meminfo, self.host_now.vmstat
             if base and self.host_now is not None:
                 # the host's meminfo of this tick, flattened once for every target; its vmstat
                 # (192 counters, most of them moving each second) only in the host's base file
-                item.sample.meminfo, item.sample.vmstat = self.host_now.meminfo, self.host_now.vmstat
                 flat = flatten({f.name: getattr(item.sample, f.name) for f in dataclasses.fields(Sample)
                                 if f.name not in ("meminfo", "vmstat", "notes")})
                 flat.update(self.host_flat)

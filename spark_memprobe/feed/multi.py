@@ -4,9 +4,10 @@ samples them all and builds one ledger each, through the same ledger_inputs as t
 No HTTP and no metrics here (cli/export.py)."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from ..ledger import Ledger, LedgerInputs, build_ledger
 from ..samples import HostInfo, Sample
@@ -88,8 +89,10 @@ class TargetSet:
     def add(self, key: str, target: Target, label: str, fixed: bool) -> Watched:
         # exit_grace_s=0: a target that went away is dropped at once and looked for again
         # (fixed TARGETs every cycle, containers at the next listing), so no stale series linger
-        f = Follower(self.resolver(), target, exit_grace_s=0.0, sampler_factory=open_sampler,
-                     stat_max_age_s=STAT_MAX_AGE_S)     # poll less: an idle target's memory.stat is carried
+        # poll less: an idle target's memory.stat is carried; the host's meminfo and vmstat are read
+        # once for all targets by the caller (sample(host_sample=...), feed/flight.py)
+        f = Follower(self.resolver(), target, exit_grace_s=0.0,
+                     sampler_factory=functools.partial(open_sampler, host_files=False), stat_max_age_s=STAT_MAX_AGE_S)
         w = self.watched[key] = Watched(key, f, label, fixed, Context(self.proc, self.siblings))
         self.changes["added"] += 1
         self.say(key, f"following {target.describe()}")
@@ -165,9 +168,10 @@ class TargetSet:
             self.add(key, t, label, fixed=False)
 
     # -- one cycle -------------------------------------------------------------------------
-    def sample(self, host: HostInfo, gpus, report) -> list[Reading]:
+    def sample(self, host: HostInfo, gpus, report, host_sample: Optional[Sample] = None) -> list[Reading]:
         """Sample every target once: one Reading each that is there now. gpus (NVML, read once
-        for the host) go into every sample; report is the eBPF report of this cycle, or None.
+        for the host) and host_sample's meminfo and vmstat (the targets' samplers do not read
+        them) go into every sample; report is the eBPF report of this cycle, or None.
         A target that ended is removed; one that is away for now (restarting) is left out.
         The host's page-allocator state is what the caller last polled into host_kernel (the
         exporter does it with its host sample, once a cycle)."""
@@ -190,6 +194,8 @@ class TargetSet:
             try:
                 if gpus is not None:
                     s.gpus = gpus
+                if host_sample is not None:
+                    s.meminfo, s.vmstat = host_sample.meminfo, host_sample.vmstat
                 late = w.context.poll(s, w.follower.target, w.follower.sampler.cgfs)
                 if late:
                     self.say(f"{key}:context", f"{w.label}: {late}")

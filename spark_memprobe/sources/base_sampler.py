@@ -22,14 +22,17 @@ class BaseSampler:
     def __init__(self, proc: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
                  cgroup: Optional[str] = None, version: Optional[int] = None,
                  pids: Optional[list[int]] = None, nvml: bool = False,
-                 stat_max_age_s: Optional[float] = None):
+                 stat_max_age_s: Optional[float] = None, host_files: bool = True):
         """stat_max_age_s (poll less, docs/performance.md): when set, a tick whose usage counter
         (memory.current, v1 memory.usage_in_bytes) has not moved since the last tick that read
         memory.stat and the processes' status files, with the same processes, carries their
         values from that tick (with carried_note) while it is younger than stat_max_age_s.
         The age bound exists because some of those values move while the usage stays: pgfault,
-        pgmajfault, the active/inactive LRU split, dirty and writeback, a process's VmHWM."""
+        pgmajfault, the active/inactive LRU split, dirty and writeback, a process's VmHWM.
+        host_files=False: /proc/meminfo and /proc/vmstat are not read (meminfo and vmstat stay None,
+        without a note): for callers that read the host once for many targets (feed/multi.py)."""
         self.proc = proc
+        self.host_files = host_files
         self.stat_max_age_s = stat_max_age_s
         self.full_reads = 0           # ticks that read memory.stat and the status files
         self.want_nvml = nvml

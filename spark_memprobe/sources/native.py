@@ -110,8 +110,9 @@ class NativeSampler(BaseSampler):
         if self.t == ffi.NULL:
             raise MemoryError("mp_target_new")
         self.open_errors: dict[str, int] = {}
-        self._set("meminfo", f"{self.proc}/meminfo")
-        self._set("vmstat", f"{self.proc}/vmstat")
+        if self.host_files:
+            self._set("meminfo", f"{self.proc}/meminfo")
+            self._set("vmstat", f"{self.proc}/vmstat")
         for role, path in self.cgroup_files().items():
             self._set(role, path)
         self._names: dict[str, list[str]] = {k: [] for k in KV_FIELDS}
@@ -182,6 +183,8 @@ class NativeSampler(BaseSampler):
 
     def build(self, name: str, c, notes: list[str]):
         """One field of a NativeSample from its struct; notes of that field go to `notes`."""
+        if name in ("meminfo", "vmstat") and not self.host_files:
+            return None
         if name == "meminfo":
             kv = self._kv(c, "meminfo", f"{self.proc}/meminfo", notes)
             return None if kv is None else Meminfo(bytes={k: v for k, v in kv.values.items() if kv.kb[k]},

@@ -35,8 +35,8 @@ class PureSampler(BaseSampler):
         super().__init__(*a, **kw)
         self.fds: dict[str, int] = {}
         self.open_errors: dict[str, int] = {}
-        for role, path in [("meminfo", f"{self.proc}/meminfo"), ("vmstat", f"{self.proc}/vmstat")] + \
-                [(f"cg_{r}", p) for r, p in self.cgroup_files().items()]:
+        host = [("meminfo", f"{self.proc}/meminfo"), ("vmstat", f"{self.proc}/vmstat")] if self.host_files else []
+        for role, path in host + [(f"cg_{r}", p) for r, p in self.cgroup_files().items()]:
             try:
                 self.fds[role] = _open(path)
             except OSError as e:
@@ -70,7 +70,7 @@ class PureSampler(BaseSampler):
         if full or detail:
             self._full = None
         s = Sample(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
-        for role in ("meminfo", "vmstat"):
+        for role in ("meminfo", "vmstat") if self.host_files else ():
             path = f"{self.proc}/{role}"
             try:
                 kv = checked_kv(path, self._read(role), s.notes)
