@@ -135,6 +135,21 @@ class RecordingError(Exception):
 
 
 # -- flattening ---------------------------------------------------------------------
+_ABSENT = object()
+_JSON_OUT = json.JSONEncoder(separators=(",", ":"))         # what json.dumps(..., separators=) builds per call
+_INSERT_SAMPLE = (f"INSERT INTO samples(seq, mono_ns, wall_ns, keyframe, data, {', '.join(SCALARS)}, gpu_data) "
+                  f"VALUES (?, ?, ?, ?, ?{', ?' * len(SCALARS)}, ?)")
+
+
+def _deflate(data: bytes) -> bytes:
+    """A zlib stream of data. zlib.compress sets up a 32 KiB window and 256 KiB of hash tables
+    for every call (about 50 us, most of a small sample's write); a blob of 4 KiB or less fits a
+    4 KiB window whole, which compresses it as well at a tenth of the cost. Any inflater reads it."""
+    small = len(data) <= 4096
+    z = zlib.compressobj(6, zlib.DEFLATED, 12 if small else 15, 4 if small else 8)
+    return z.compress(data) + z.flush()
+
+
 def flatten(obj: Any, prefix: str = "", out: Optional[dict] = None) -> dict:
     """Nested dicts/lists/dataclasses -> {path: leaf}. List items are '#i', dict keys are str(key),
     dataclass fields their names; empty containers are leaves. A dataclass reads as the dict
@@ -430,8 +445,12 @@ def _writes(method):
 
 
 class RecordingWriter:
-    def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None):
+    def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None,
+                 commit_every_s: Optional[float] = COMMIT_EVERY_S):
+        """commit_every_s: commit on a write at least this long after the last commit; None:
+        only when commit() is called (the flight recorder commits every file once a second)."""
         self.path = path
+        self.commit_every_s = commit_every_s
         self.db = None
         try:
             _create_file(path, overwrite)
@@ -484,6 +503,8 @@ class RecordingWriter:
         self.db.execute("BEGIN")
 
     def _ids(self, flat: dict) -> None:
+        if flat.keys() <= self.path_ids.keys():
+            return
         new = [p for p in flat if p not in self.path_ids]
         for p in new:
             cur = self.db.execute("INSERT INTO paths(path) VALUES (?)", (p,))
@@ -505,19 +526,19 @@ class RecordingWriter:
             return False
         flat = flatten(s) if flat is None else flat
         self._ids(flat)
-        key = self.prev is None or self.n % KEYFRAME_EVERY == 0
+        ids, prev = self.path_ids, self.prev
+        key = prev is None or self.n % KEYFRAME_EVERY == 0
         if key:
-            body = [[self.path_ids[p], v] for p, v in flat.items()]
+            body = [[ids[p], v] for p, v in flat.items()]
         else:
-            body = [[self.path_ids[p], v] for p, v in flat.items() if p not in self.prev or self.prev[p] != v]
-            body += [[self.path_ids[p], REMOVED] for p in self.prev if p not in flat]
-        blob = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
-        scal = [flat.get(p) if isinstance(flat.get(p), int) else None for p in SCALARS.values()]
-        gpu = [item for item in body if item[0] in self.gpu_ids]
-        gpu_data = json.dumps(gpu, separators=(",", ":")) if gpu else None
-        self.db.execute(f"INSERT INTO samples(seq, mono_ns, wall_ns, keyframe, data, {', '.join(SCALARS)}, gpu_data) "
-                        f"VALUES (?, ?, ?, ?, ?{', ?' * len(SCALARS)}, ?)",
-                        [self.n, s.mono_ns, s.wall_ns, int(key), blob, *scal, gpu_data])
+            body = [[ids[p], v] for p, v in flat.items() if prev.get(p, _ABSENT) != v]
+            if not prev.keys() <= flat.keys():
+                body += [[ids[p], REMOVED] for p in prev if p not in flat]
+        blob = _deflate(_JSON_OUT.encode(body).encode())
+        scal = [v if isinstance(v := flat.get(p), int) else None for p in SCALARS.values()]
+        gpu = [item for item in body if item[0] in self.gpu_ids] if self.gpu_ids else None
+        gpu_data = _JSON_OUT.encode(gpu) if gpu else None
+        self.db.execute(_INSERT_SAMPLE, (self.n, s.mono_ns, s.wall_ns, int(key), blob, *scal, gpu_data))
         self.pending_bytes += len(blob) + len(gpu_data or "") + ROW_OVERHEAD_BYTES
         self.prev = flat
         self.n += 1
@@ -556,7 +577,7 @@ class RecordingWriter:
         return self.max_bytes is not None and self.size_bytes() + self.pending_bytes >= self.max_bytes
 
     def _maybe_commit(self) -> None:
-        if time.monotonic() - self.last_commit >= COMMIT_EVERY_S:
+        if self.commit_every_s is not None and time.monotonic() - self.last_commit >= self.commit_every_s:
             self.commit()
 
     @_writes

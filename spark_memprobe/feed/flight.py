@@ -352,8 +352,10 @@ class FlightRecorder:
             name = f"flight-{kind}-{stamp}-{rest}{'' if n == 0 else f'-{n}'}.db"
             path = os.path.join(self.o.directory, name)
             try:
-                # a trigger window keeps every eBPF report (one a second); base files hold none
-                rec = Recorder(path, header, probes_every_s=0.0 if kind == "event" else PROBES_STEADY_S)
+                # a trigger window keeps every eBPF report (one a second); base files hold none;
+                # tick() commits every file written in the second, so no write commits on its own
+                rec = Recorder(path, header, probes_every_s=0.0 if kind == "event" else PROBES_STEADY_S,
+                               commit_every_s=None)
             except RecordingError as e:
                 if os.path.lexists(path):
                     continue             # taken (a restart within the same second): never overwritten

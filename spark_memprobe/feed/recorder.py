@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Optional
 
 from ..probe_report import report_to_dict
-from ..recording import RecordingWriter
+from ..recording import COMMIT_EVERY_S, RecordingWriter
 from .items import FeedItem
 
 PROBES_STEADY_S = 10.0     # eBPF reports recorded at least this often when CUDA memory is still
@@ -25,10 +25,10 @@ def recording_header(feed, interval_s: float, kv_fraction: float) -> dict:
 
 class Recorder:
     def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None,
-                 probes_every_s: float = PROBES_STEADY_S):
+                 probes_every_s: float = PROBES_STEADY_S, commit_every_s: Optional[float] = COMMIT_EVERY_S):
         self.path = path
         self.probes_every_s = probes_every_s
-        self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes)
+        self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes, commit_every_s=commit_every_s)
         self._report = None
         self._sig: tuple = ()
         self._probes_ns = 0
