@@ -82,12 +82,15 @@ void mp_parse_kv(const char *buf, int len, int full, struct mp_kvtable *t, int64
 {
     const char *p = buf, *end = buf + len;
     int good = 0;
+    uint64_t first[4] = {0, 0, 0, 0};   /* closed table: the first bytes of its keys */
 
     hdr->bad_lines = 0;
     hdr->truncated = full;
     for (int i = 0; i < t->max; i++)
         vals[i] = MP_MISSING;
     t->hint = 0;
+    for (int i = 0; t->closed && i < t->n; i++)
+        first[(unsigned char)t->keys[i][0] >> 6] |= 1ULL << ((unsigned char)t->keys[i][0] & 63);
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *q = p, *lend;
@@ -100,6 +103,11 @@ void mp_parse_kv(const char *buf, int len, int full, struct mp_kvtable *t, int64
         }
         lend = nl;
         if (lend == p) {       /* empty line */
+            p = nl + 1;
+            continue;
+        }
+        /* a closed table skips the lines it did not ask for (8 of a status file's ~55) on their first byte */
+        if (t->closed && !(first[(unsigned char)*p >> 6] & (1ULL << ((unsigned char)*p & 63)))) {
             p = nl + 1;
             continue;
         }
