@@ -111,10 +111,17 @@ void mp_parse_kv(const char *buf, int len, int full, struct mp_kvtable *t, int64
             p = nl + 1;
             continue;
         }
-        while (q < lend && is_keych((unsigned char)*q))
-            q++;
-        klen = (int)(q - p);
-        idx = (klen > 0 && klen < MP_KEYLEN) ? find_key(t, p, klen) : -1;
+        idx = t->hint;
+        klen = idx < t->n ? t->klen[idx] : 0;
+        if (klen > 0 && lend - p > klen && memcmp(p, t->keys[idx], (size_t)klen) == 0 &&
+            (p[klen] == ':' || is_ws(p[klen]))) {
+            q = p + klen;      /* the key expected here (files keep their order): no scan of it */
+        } else {
+            while (q < lend && is_keych((unsigned char)*q))
+                q++;
+            klen = (int)(q - p);
+            idx = (klen > 0 && klen < MP_KEYLEN) ? find_key(t, p, klen) : -1;
+        }
         if (t->closed && idx < 0) {   /* a line we did not ask for */
             p = nl + 1;
             continue;

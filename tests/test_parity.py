@@ -98,6 +98,20 @@ def test_fuzz_kv_parity(data):
     assert (py.values, py.kb, py.bad_lines, py.truncated) == (vals, units, bad, trunc)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=TEXT_END, second=st.one_of(TEXT_END, TEXT_END.map(lambda t: re.sub(rb"[0-9]", b"7", t)),
+                                        st.binary(max_size=600)))
+def test_fuzz_parity_of_a_second_read(tmp_path_factory, first, second):
+    """A second read of a file through a key table that knows its keys takes the key expected at
+    each line without scanning it (csrc/parse.c): both samplers still agree on the new text."""
+    root = tmp_path_factory.mktemp("proc")
+    (root / "vmstat").write_bytes(first)
+    with PureSampler(proc=str(root)) as p, NativeSampler(proc=str(root)) as n:
+        assert comparable(p.sample()) == comparable(n.sample())
+        (root / "vmstat").write_bytes(second)          # the same inode: both descriptors see it
+        assert comparable(p.sample()) == comparable(n.sample())
+
+
 @settings(max_examples=400)
 @given(st.one_of(TEXT_END, st.binary(max_size=600)))
 def test_fuzz_never_invents(data):
