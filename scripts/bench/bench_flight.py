@@ -105,7 +105,8 @@ def main() -> None:
         for name, root in runs.items():
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "spark_memprobe.cli", "record", "--dir", os.path.join(d, name), "--no-bpf",
-                 *targets], stdout=subprocess.DEVNULL, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+                 *targets], stdout=subprocess.DEVNULL, cwd=root,
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])))
         procs["floor"] = subprocess.Popen([sys.executable, __file__, "--floor",
                                            *[f"{cg.dir}:{cg.child.pid}" for cg in cgs]])
         time.sleep(5)                                   # start-up: imports, host facts, first files
