@@ -151,6 +151,16 @@ class LiveCgroup:
         self.version = self.cgfs.layout.memory_version
         self.path = os.path.join(parent, f"memprobe-test-{uuid.uuid4().hex[:10]}")
         self.dir = self.cgfs.directory(self.path)
+        if self.version == 2 and parent.strip("/"):
+            # v2: a child has memory.* files, and its own charges, only when its parent enables
+            # the controller for its children (Documentation/admin-guide/cgroup-v2.rst, "Enabling
+            # and Disabling"); without it every page is charged to the parent
+            control = os.path.join(self.cgfs.directory(parent), "cgroup.subtree_control")
+            with open(control) as f:
+                enabled = f.read().split()
+            if "memory" not in enabled:
+                with open(control, "w") as f:
+                    f.write("+memory")
         os.mkdir(self.dir, 0o755)
         self.child = None
 
