@@ -86,8 +86,9 @@ def fresh_file(directory: str, size: int) -> str:
                 for _ in range(size // MiB):
                     os.write(fd, buf)
                 break
-        # pages still under writeback survive one DONTNEED (mm/fadvise.c skips them): try again
-        for _ in range(20):
+        # pages still under writeback survive one DONTNEED (mm/fadvise.c skips them): try again,
+        # for up to 5 s (callers that need none cached check resident_bytes themselves)
+        for _ in range(100):
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             if resident_bytes(path) == 0:
