@@ -264,3 +264,44 @@ def test_trigger_window_gets_the_ebpf_reports_and_only_it(cg, tmp_path):
         assert reports, f"no eBPF report in {f.path}"
         files = [pc for r in reports for pc in r.get("page_cache") or [] if pc["inode"] == ino]
         assert any(pc["added_pages"] > 0 for pc in files), (f.path, [r.get("page_cache") for r in reports], out)
+
+
+def test_a_targets_window_that_outlives_the_hosts_still_has_the_host_files(tmp_path):
+    """The targets' samplers read no /proc/meminfo or /proc/vmstat (feed/multi.py): a target's
+    100 ms samples take the host's of the same tick. A failed charge ("max") opens a target's
+    window without extending the host's, so the target's can outlive it: its samples then read
+    the host's files themselves."""
+    from spark_memprobe.feed.flight import HOST, FlightOptions, FlightRecorder
+    from spark_memprobe.feed.multi import TargetSet
+    a, b = LiveCgroup(), LiveCgroup()
+    fr = None
+    try:
+        ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{a.path}", f"cgroup:{b.path}"], False, 5.0, 0.9,
+                       lambda k, m: None, lambda stage, e: None)
+        fr = FlightRecorder(FlightOptions(directory=str(tmp_path / "flight"), after_s=0.6, psi_stall_us=None),
+                            ts, lambda m: None)
+        for _ in range(3):
+            fr.tick()
+            time.sleep(0.1)
+        ka, kb = (next(k for k, t in fr.tracks.items() if t.label == f"cgroup:{cg.path}") for cg in (a, b))
+        fr.trigger("oom_kill", fr.tracks[ka], "test: a's window, and the host's")
+        for _ in range(4):
+            fr.tick()
+            time.sleep(0.1)
+        fr.trigger("max", fr.tracks[kb], "test: b's window, the host's not extended")
+        host_until = fr.tracks[HOST].event_until
+        assert fr.tracks[kb].event_until > host_until + 0.3
+        while time.monotonic() < fr.tracks[kb].event_until + 0.2:
+            fr.tick()
+            time.sleep(0.1)
+    finally:
+        if fr is not None:
+            fr.close()
+        for cg in (a, b):
+            cg.cleanup()
+    [ev] = [f for f in flight_files(str(tmp_path / "flight")) if f.kind == "event" and f.rest.startswith("max-")]
+    with Recording(ev.path) as rec:
+        full = [s for s in rec.samples() if LIGHT_NOTE not in s.notes]
+    late = [s for s in full if s.mono_ns > host_until * 1e9]
+    assert len(late) >= 2, [s.mono_ns for s in full]
+    assert all(s.meminfo is not None and s.vmstat is not None for s in full)

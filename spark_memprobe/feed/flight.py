@@ -492,6 +492,10 @@ class FlightRecorder:
             item = self._target_item(tr)
             if item is None:
                 return
+            if self.host_now is None and tr.event is not None:
+                # a failed charge opens a target's window without extending the host's (trigger()):
+                # the host's files are read for it all the same
+                self.host_now = self.fast.sample()
             if self.host_now is not None:      # the targets' samplers read no host file (feed/multi.py)
                 item.sample.meminfo, item.sample.vmstat = self.host_now.meminfo, self.host_now.vmstat
             if base and self.host_now is not None:
