@@ -91,6 +91,19 @@ def test_both_samplers_carry_alike_on_a_live_cgroup(cg):
         assert p.full_reads == n.full_reads == 2
 
 
+def oom_kill_during(cg, wait):
+    """Drive cg past a 32 MiB limit into an OOM kill, in a thread, while wait() runs: (what
+    wait() returned, the seconds it took)."""
+    limit(cg, 32 * MiB)
+    killer = threading.Thread(target=lambda: pytest.raises(RuntimeError, cg.do, f"anon {64 * MiB}"))
+    t0 = time.monotonic()
+    killer.start()
+    got = wait()
+    took = time.monotonic() - t0
+    killer.join()
+    return got, took
+
+
 def test_limit_events_wake_the_sleep_at_once(cg):
     """An OOM kill in the target ends a 20 s sleep at once; the wait after an early wake sleeps
     its time out (no spin on a cgroup at its limit)."""
@@ -98,13 +111,7 @@ def test_limit_events_wake_the_sleep_at_once(cg):
     w = EventWake(None, cg.dir, cg.version)
     try:
         assert w.missing == []
-        limit(cg, 32 * MiB)
-        killer = threading.Thread(target=lambda: pytest.raises(RuntimeError, cg.do, f"anon {64 * MiB}"))
-        t0 = time.monotonic()
-        killer.start()
-        why = w.wait(20)
-        took = time.monotonic() - t0
-        killer.join()
+        why, took = oom_kill_during(cg, lambda: w.wait(20))
         # v1 signals the eventfd as the OOM starts, before oom_kill counts it: "max" has grown by then
         assert why and why.startswith(f"limit events of {cg.dir}") and re.search(r"(max|oom_kill) \+\d", why), why
         assert took < 5, f"woken after {took:.1f} s"
@@ -156,13 +163,7 @@ def test_live_feed_wait_is_woken_and_says_why(cg):
     feed = LiveFeed(r, r.resolve(f"cgroup:{cg.path}"))
     try:
         feed.tick()
-        limit(cg, 32 * MiB)
-        killer = threading.Thread(target=lambda: pytest.raises(RuntimeError, cg.do, f"anon {64 * MiB}"))
-        t0 = time.monotonic()
-        killer.start()
-        woke = feed.wait(20)
-        took = time.monotonic() - t0
-        killer.join()
+        woke, took = oom_kill_during(cg, lambda: feed.wait(20))
         assert woke and took < 5, f"woken {woke} after {took:.1f} s"
         item, _end = feed.tick()
         woken = [e for e in item.events if e["kind"] == "woken"]
