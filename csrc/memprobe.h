@@ -147,6 +147,23 @@ int64_t mp_pack(const struct mp_sample *in, int n, uint8_t *out, int64_t outlen)
 int64_t mp_sampler_drain_packed(struct mp_target *t, uint8_t *out, int64_t outlen, int max,
                                 int *nsamples, uint64_t *dropped);
 int mp_sampler_stop(struct mp_target *t);
+
+/* Flight base ticks (feed/flight.py): sample once as mp_sample_once does and compare the raw
+ * vector with the one kept by the last call or by mp_delta_base.  Returns how many value
+ * columns changed, their indices and new values in cols/vals (mono_ns, wall_ns and read_ns
+ * are among them), and keeps this vector; or MP_DELTA_WHOLE, keeping nothing, when there is no
+ * kept vector, memory.stat and the status files were carried (mp_target_set_skip), a header
+ * column (an error, a key count, a bad line, a cut read), nprocs or a pid changed, a value
+ * went to or from MP_MISSING, or more than max changed: the caller then builds the whole
+ * sample from out and calls mp_delta_base(t, out) with it. */
+#define MP_DELTA_WHOLE -1
+int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals, int max);
+void mp_delta_base(struct mp_target *t, const struct mp_sample *s);
+
+/* The flight recorder's 100 ms ring (feed/flight.py): one pread at offset 0 of each of n
+ * descriptors, up to caps[i] bytes, the texts one after another in buf; lens[i] is the bytes
+ * read or -errno (-ENOSPC: buf was full).  Returns the bytes used in buf. */
+int64_t mp_pread_many(const int *fds, const int32_t *caps, int n, char *buf, int64_t buflen, int32_t *lens);
 int64_t mp_sampler_cpu_ns(struct mp_target *t);
 
 /* Parse one buffer with the kv grammar into a fresh key table: used by the parity

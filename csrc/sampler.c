@@ -57,6 +57,8 @@ struct mp_target {
     int64_t interval_ns;
     int ring_flags;
     int64_t *raw;                         /* MP_PACK_MAX raw vectors: the drainer's, outside ring_lock */
+    int64_t *delta;                       /* mp_sample_delta: the kept vector, then the new one */
+    int delta_valid;
     pthread_mutex_t ring_lock;
     pthread_cond_t wake;
     struct mp_sample *ring;
@@ -157,6 +159,7 @@ void mp_target_free(struct mp_target *t)
     pthread_cond_destroy(&t->wake);
     free(t->ring);
     free(t->raw);
+    free(t->delta);
     free(t->buf);
     free(t);
 }
@@ -773,4 +776,68 @@ int64_t mp_sampler_drain_packed(struct mp_target *t, uint8_t *out, int64_t outle
     pthread_mutex_unlock(&t->ring_lock);
     *nsamples = n;
     return pack_raw(t->raw, n, out, outlen);
+}
+
+/* ---- flight base ticks: what changed since the kept raw vector ---- */
+
+/* A column whose change means the sample's shape changed: headers, nprocs, pids and process headers. */
+static int shape_column(int c)
+{
+    if (c >= MP_RAW_HDR && c < MP_RAW_MEMINFO)
+        return 1;
+    if (c == MP_RAW_NPROCS)
+        return 1;
+    return c >= MP_RAW_PROCS && (c - MP_RAW_PROCS) % MP_RAW_PROC_STRIDE < 5;
+}
+
+void mp_delta_base(struct mp_target *t, const struct mp_sample *s)
+{
+    t->delta_valid = 0;
+    if (!t->delta && !(t->delta = malloc(2 * (size_t)MP_RAW_LEN * sizeof(int64_t))))
+        return;
+    if (s->stat_mono_ns != s->mono_ns)
+        return;                           /* carried: the next tick reads whole */
+    to_raw(s, t->delta);
+    t->delta_valid = 1;
+}
+
+int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals, int max)
+{
+    int64_t *old, *cur;
+    int n = 0;
+
+    sample_into(t, out, 1, 1);
+    if (!t->delta_valid || out->stat_mono_ns != out->mono_ns)
+        return t->delta_valid = 0, MP_DELTA_WHOLE;
+    old = t->delta;
+    cur = t->delta + MP_RAW_LEN;
+    to_raw(out, cur);
+    for (int c = 0; c < MP_RAW_LEN; c++) {
+        if (old[c] == cur[c])
+            continue;
+        if (shape_column(c) || old[c] == MP_MISSING || cur[c] == MP_MISSING || n == max)
+            return t->delta_valid = 0, MP_DELTA_WHOLE;
+        cols[n] = c;
+        vals[n++] = cur[c];
+    }
+    memcpy(old, cur, MP_RAW_LEN * sizeof(int64_t));
+    return n;
+}
+
+int64_t mp_pread_many(const int *fds, const int32_t *caps, int n, char *buf, int64_t buflen, int32_t *lens)
+{
+    int64_t at = 0;
+
+    for (int i = 0; i < n; i++) {
+        ssize_t r;
+        if (caps[i] < 0 || at + caps[i] > buflen) {
+            lens[i] = -ENOSPC;
+            continue;
+        }
+        r = pread_intr(fds[i], buf + at, (size_t)caps[i], 0);
+        lens[i] = r < 0 ? -errno : (int32_t)r;
+        if (r > 0)
+            at += r;
+    }
+    return at;
 }

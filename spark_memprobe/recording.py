@@ -512,33 +512,40 @@ class RecordingWriter:
             if _under(p, _GPU_PATTERNS):
                 self.gpu_ids.add(cur.lastrowid)
 
-    @_writes
     def add_sample(self, s: Sample, flat: Optional[dict] = None) -> bool:
         """Append one sample. False when the size bound stopped the recording. flat: flatten(s)
         when the caller has it (the flight recorder flattens the host's part once for all targets)."""
+        return self.add_flat(s.mono_ns, s.wall_ns, flatten(s) if flat is None else flat)
+
+    @_writes
+    def add_flat(self, mono_ns: int, wall_ns: int, flat: dict, changed: Optional[dict] = None) -> bool:
+        """Append one flattened sample. changed: when flat is the dict this writer took last,
+        updated in place since, what was updated (feed/flat_delta.py): nothing is compared then."""
         if self.full:
             return False
         if self._over_bound():
             self.full = True
-            self.add_event(s.mono_ns, "recording_stopped",
+            self.add_event(mono_ns, "recording_stopped",
                            {"reason": f"size bound of {self.max_bytes} bytes reached"})
             self.commit()
             return False
-        flat = flatten(s) if flat is None else flat
-        self._ids(flat)
         ids, prev = self.path_ids, self.prev
         key = prev is None or self.n % KEYFRAME_EVERY == 0
-        if key:
-            body = [[ids[p], v] for p, v in flat.items()]
+        if changed is not None and prev is flat and not key:
+            body = [[ids[p], v] for p, v in changed.items()]        # the same paths: all have ids
         else:
-            body = [[ids[p], v] for p, v in flat.items() if prev.get(p, _ABSENT) != v]
-            if not prev.keys() <= flat.keys():
-                body += [[ids[p], REMOVED] for p in prev if p not in flat]
+            self._ids(flat)
+            if key:
+                body = [[ids[p], v] for p, v in flat.items()]
+            else:
+                body = [[ids[p], v] for p, v in flat.items() if prev.get(p, _ABSENT) != v]
+                if not prev.keys() <= flat.keys():
+                    body += [[ids[p], REMOVED] for p in prev if p not in flat]
         blob = _deflate(_JSON_OUT.encode(body).encode())
         scal = [v if isinstance(v := flat.get(p), int) else None for p in SCALARS.values()]
         gpu = [item for item in body if item[0] in self.gpu_ids] if self.gpu_ids else None
         gpu_data = _JSON_OUT.encode(gpu) if gpu else None
-        self.db.execute(_INSERT_SAMPLE, (self.n, s.mono_ns, s.wall_ns, int(key), blob, *scal, gpu_data))
+        self.db.execute(_INSERT_SAMPLE, (self.n, mono_ns, wall_ns, int(key), blob, *scal, gpu_data))
         self.pending_bytes += len(blob) + len(gpu_data or "") + ROW_OVERHEAD_BYTES
         self.prev = flat
         self.n += 1
@@ -1066,7 +1073,7 @@ class Bursts:
             mono.extend(cols[at])
             for p, i in want.items():
                 vals = cols.get(i, [0] * n) if type(i) is int else [None] * n
-                out[p].extend(_burst_value(lay, p, v) for v in vals)
+                out[p].extend(burst_value(lay, p, v) for v in vals)
         return mono, out
 
     def _columns(self, seq: int, n: int, wanted: set) -> dict[int, list[int]]:
@@ -1110,7 +1117,7 @@ class Bursts:
         return cols
 
 
-def _burst_value(lay: dict, path: str, v: int) -> Any:
+def burst_value(lay: dict, path: str, v: int) -> Any:
     """A raw burst value as the Sample field holds it (sources/native.py burst_layout)."""
     if v == lay.get("missing"):
         return None

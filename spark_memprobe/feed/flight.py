@@ -43,9 +43,10 @@ from ..sources.capabilities import checks_to_dicts, run_checks
 from ..sources.parse import MalformedFile
 from ..sources.procfs import checked_kv, meminfo_from_kv
 from ..sources.psi import EventsWatch, PsiTrigger, Reread, usage_from_raw
-from ..sources.sampler import open_sampler
+from ..sources.sampler import open_preads, open_sampler
 from ..sources.targets.resolver import target_to_dict
 from .context import STAT_MAX_AGE_S, HostKernel
+from .flat_delta import FlatDelta
 from .host import open_host
 from .items import FeedItem
 from .live import ProbeWorker
@@ -57,6 +58,7 @@ LIGHT_NOTE = "flight ring: 100 ms sample of memory.current and host meminfo only
 VMSTAT_NOTE = "host /proc/vmstat: in this directory's host base file (flight-base-*-host.db)"
 KERNEL_EVERY_S = 10.0      # zoneinfo, buddyinfo, PSI read this often outside a window (1 ms a read here)
 HOST = "host"
+MEMINFO_CAP = 16384         # /proc/meminfo is one seq_file record (~1.5 KiB): one pread reads it whole
 
 
 @dataclass
@@ -158,6 +160,28 @@ def expired(files: list[tuple[str, float, int]], now_wall: float, retain_s: Opti
     return out
 
 
+def ring_text(entry: tuple, key: str) -> Optional[bytes]:
+    """The text of /proc/meminfo (key HOST) or of a target's usage counter in a ring entry;
+    None when it was not read or the read failed (kernfs answers ENODEV once a cgroup is gone)."""
+    i = entry[4].get(key)
+    if i is None or entry[3][i] < 0:
+        return None
+    at = sum(n for n in entry[3][:i] if n > 0)
+    return entry[2][at:at + entry[3][i]]
+
+
+def event_flat(flat: dict, vmstat: Optional[dict]) -> dict:
+    """A kept base sample as an event file holds it: a target's with the host's vmstat of its tick
+    in place of VMSTAT_NOTE (a flat of our own: mutated)."""
+    if vmstat is None:
+        return flat
+    notes = [v for p, v in flat.items() if p.startswith("notes/") and v != VMSTAT_NOTE]
+    out = {p: v for p, v in flat.items() if not p.startswith("notes/")}
+    out.update(vmstat)
+    out.update(flatten(notes, "notes"))
+    return out
+
+
 class WindowProbes(ProbeWorker):
     """The eBPF probes of the trigger windows, host-wide (page cache by file and cgroup, CUDA
     calls: what feed/live.py follows). Compiled and attached in the worker's own thread when a
@@ -197,7 +221,12 @@ class Track:
         self.event: Optional[Recorder] = None
         self.event_until = 0.0
         self.event_probes = False           # its header names the probes that ran
+        # the whole base samples of the last ring_s: (mono_ns, wall_ns, flat, the host's vmstat
+        # flat of that tick for a target, None for the host, whose flat holds it)
         self.full: collections.deque = collections.deque()
+        self.delta: Optional[FlatDelta] = None       # base ticks from what C says changed
+        self.procs_key: Optional[tuple] = None       # Follower.procs_key before the last whole tick
+        self.host_gen = -1                           # FlightRecorder.host_gen at that tick
         self.full_usage: Optional[bytes] = None      # usage counter text at the last whole base sample
         self.full_at = float("-inf")
         self.watch: Optional[EventsWatch] = None
@@ -218,9 +247,15 @@ class FlightRecorder:
         self.meminfo = Reread(f"{proc}/meminfo")
         self.host_now: Optional[Sample] = None       # the host's sample of this tick, if it has one
         self.host_flat: dict = {}                    # the meminfo of the last base one, flattened
+        self.host_gen = 0                            # counts changes of host_flat's paths
+        self.host_vmstat: dict = {}                  # and its vmstat, flattened
         self.kernel = HostKernel(proc)
         self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
+        # per 100 ms: (mono_ns, wall_ns, texts, lens, keys) of one mp_pread_many of /proc/meminfo and
+        # every usage counter (ring_text reads one back)
         self.ring: collections.deque = collections.deque(maxlen=max(1, int(opts.ring_s / opts.fast_s)))
+        self.reads = None                            # those reads; None: to be set up again
+        self.ring_keys: dict[str, int] = {}
         self.poller = select.poll()
         self.by_fd: dict[int, tuple[Track, object]] = {}
         self.host_psi: Optional[PsiTrigger] = None
@@ -310,12 +345,16 @@ class FlightRecorder:
         if tr.event is None:
             return
         # the minute before: full base samples and the 100 ms ring, in time order
-        light = [self._light(tr, e) for e in self.ring]
-        for s in sorted([*tr.full, *(x for x in light if x is not None)], key=lambda s: s.mono_ns):
-            tr.event.write(FeedItem(sample=s))
+        light = [(s.mono_ns, s) for s in (self._light(tr, e) for e in self.ring) if s is not None]
+        for mono, x in sorted([*((e[0], e) for e in tr.full), *light], key=lambda m: m[0]):
+            if isinstance(x, Sample):
+                tr.event.write(FeedItem(sample=x))
+            else:
+                tr.event.w.add_flat(x[0], x[1], event_flat(x[2], x[3]))
 
     def _light(self, tr: Track, entry) -> Optional[Sample]:
-        mono, wall, meminfo_raw, usage = entry
+        mono, wall = entry[0], entry[1]
+        meminfo_raw, usage_raw = ring_text(entry, HOST), ring_text(entry, tr.key)
         notes = [LIGHT_NOTE]
         meminfo = None
         if meminfo_raw is not None:
@@ -325,11 +364,11 @@ class FlightRecorder:
                 notes.append(f"{self.meminfo.path}: {e.reason}")
         if tr.key == HOST:
             return Sample(mono_ns=mono, wall_ns=wall, meminfo=meminfo, notes=notes)
-        if tr.key not in usage or not tr.full:
+        if tr.key not in entry[4] or not tr.full:
             return None
-        cg = tr.full[-1].cgroup
-        cgs = CgroupSample(path=cg.path, version=cg.version, current_bytes=usage_from_raw(usage[tr.key])) \
-            if cg else None
+        last = tr.full[-1][2]
+        cgs = CgroupSample(path=last["cgroup/path"], version=last["cgroup/version"],
+                           current_bytes=usage_from_raw(usage_raw)) if "cgroup/path" in last else None
         return Sample(mono_ns=mono, wall_ns=wall, meminfo=meminfo, cgroup=cgs, notes=notes)
 
     # -- files -----------------------------------------------------------------------------
@@ -402,6 +441,7 @@ class FlightRecorder:
         self._watch(tr)
 
     def _watch(self, tr: Track) -> None:
+        self.reads = None
         t = tr.watched.follower.target
         if not t.cgroup_dir:
             return
@@ -414,6 +454,7 @@ class FlightRecorder:
             tr.psi = self._psi(f"{t.cgroup_dir}/memory.pressure", tr)
 
     def _drop(self, tr: Track) -> None:
+        self.reads = None
         self._unregister(tr.watch)
         self._unregister(tr.psi)
         tr.watch = tr.psi = None
@@ -430,19 +471,23 @@ class FlightRecorder:
             self._sync_targets()
         mono, wall = time.monotonic_ns(), time.time_ns()
         self.host_now = None
-        usage = {k: t.watch.usage_raw() for k, t in self.tracks.items() if t.watch is not None}
-        meminfo = self.meminfo.raw()
-        self.ring.append((mono, wall, meminfo, usage))
+        if self.reads is None:
+            self._ring_reads()
+        entry = (mono, wall, *self.reads.read(), self.ring_keys)
+        self.ring.append(entry)
         if self.o.available_below_bytes is not None:
-            self._available(meminfo)
-        for tr in list(self.tracks.values()):
+            self._available(ring_text(entry, HOST))
+        # between base ticks only a track in a trigger window has anything to do
+        for tr in list(self.tracks.values()) if base else [t for t in self.tracks.values() if t.event is not None]:
             if tr.event is not None and now >= tr.event_until:
                 self._close(tr.event)
                 tr.event = None
-            if base and tr.watch is not None and tr.watch.version == 1:
+            usage = ring_text(entry, tr.key) if base else None
+            fast = False
+            if tr.event is not None or (base and self._due(tr, usage, now)):
+                fast = self._sample(tr, base, usage, now)
+            if base and tr.watch is not None and tr.watch.version == 1 and not (fast and self._events_seen(tr)):
                 self._events(tr)      # v1 failcnt has no notification: looked at once a base period
-            if tr.event is not None or (base and self._due(tr, usage.get(tr.key), now)):
-                self._sample(tr, base, usage.get(tr.key), now)
         if self.probes is not None and all(t.event is None for t in self.tracks.values()):
             self.probes.stop()
             self.log("eBPF probes stopped: no trigger window open" + (f" ({self.probes.error})"
@@ -478,27 +523,33 @@ class FlightRecorder:
             self.trigger("available", self.tracks[HOST], f"MemAvailable {avail >> 20} MiB < {limit >> 20} MiB")
         self.low = low
 
-    def _sample(self, tr: Track, base: bool, usage_raw: Optional[bytes], now: float) -> None:
+    def _sample(self, tr: Track, base: bool, usage_raw: Optional[bytes], now: float) -> bool:
+        """Sample a track; True when it was a base tick from what changed (_base_delta)."""
+        if base and tr.event is None and self._base_delta(tr, now):
+            tr.full_usage, tr.full_at = usage_raw, now
+            return True
         flat = None
         if tr.key == HOST:
             s = self.host_now = self.host_sampler.sample() if base else self.fast.sample()
-            if base:
-                self.host_flat = flatten(s.meminfo, "meminfo")
             if tr.event is not None or now - self.kernel_at >= KERNEL_EVERY_S:
                 self.kernel_at = now
                 self.kernel.poll(s)
             item = FeedItem(sample=s, kernel=self.kernel.kernel, before=self.kernel.before(s))
+            if base:
+                flat = flatten(s)
+                self._host_parts(flatten(s.meminfo, "meminfo"), flatten(s.vmstat, "vmstat"))
         else:
+            tr.procs_key = tr.watched.follower.procs_key() if base and tr.event is None else None
             item = self._target_item(tr)
             if item is None:
-                return
+                return False
             if self.host_now is None and tr.event is not None:
                 # a failed charge opens a target's window without extending the host's (trigger()):
                 # the host's files are read for it all the same
                 self.host_now = self.fast.sample()
             if self.host_now is not None:      # the targets' samplers read no host file (feed/multi.py)
                 item.sample.meminfo, item.sample.vmstat = self.host_now.meminfo, self.host_now.vmstat
-            if base and self.host_now is not None:
+            if base:
                 # the host's meminfo of this tick, flattened once for every target; its vmstat
                 # (192 counters, most of them moving each second) only in the host's base file
                 flat = flatten({f.name: getattr(item.sample, f.name) for f in dataclasses.fields(Sample)
@@ -508,10 +559,9 @@ class FlightRecorder:
         s = item.sample
         if base:
             tr.full_usage, tr.full_at = usage_raw, now
-            tr.full.append(s)
-            while tr.full and s.mono_ns - tr.full[0].mono_ns > self.o.ring_s * 1e9:
-                tr.full.popleft()
-            self._write_base(tr, item, flat)
+            self._keep(tr, s.mono_ns, s.wall_ns, flat)
+            if self._write_base(tr, lambda rec: rec.write(item, flat)):
+                self._rebase(tr, flat)
         if tr.event is not None:
             r = self.probes.report if self.probes is not None else None
             if r is not None:
@@ -521,12 +571,85 @@ class FlightRecorder:
                 item = dataclasses.replace(item, report=r)
             tr.event.write(item)                 # flattened whole: an event file holds the host's vmstat too
             self.dirty.add(tr.event)
+        return False
+
+    def _events_seen(self, tr: Track) -> bool:
+        """Did this base tick's own read of memory.failcnt and memory.oom_control (a delta tick:
+        neither moved since the kept sample) show what the events watch knows already?"""
+        flat, last = tr.delta.flat, tr.watch.last
+        return flat is not None and all(last.get(k) == flat.get(f"cgroup/events/{k}") for k in ("max", "oom_kill"))
+
+    def _ring_reads(self) -> None:
+        keys, fds, caps = [HOST], [self.meminfo.fd], [MEMINFO_CAP]
+        for k, t in self.tracks.items():
+            if t.watch is not None:
+                keys.append(k)
+                fds.append(t.watch.fds["usage"])
+                caps.append(32)
+        self.reads = open_preads(fds, caps)
+        self.ring_keys = {k: i for i, k in enumerate(keys)}
+
+    def _host_parts(self, meminfo: dict, vmstat: dict) -> None:
+        if meminfo.keys() != self.host_flat.keys():
+            self.host_gen += 1                 # the targets' kept samples no longer have these paths
+        self.host_flat, self.host_vmstat = meminfo, vmstat
+
+    def _keep(self, tr: Track, mono_ns: int, wall_ns: int, flat: dict) -> None:
+        tr.full.append((mono_ns, wall_ns, dict(flat), None if tr.key == HOST else self.host_vmstat))
+        while tr.full and mono_ns - tr.full[0][0] > self.o.ring_s * 1e9:
+            tr.full.popleft()
+
+    def _rebase(self, tr: Track, flat: dict) -> None:
+        """Keep the base sample just written for the next base tick's delta (feed/flat_delta.py)."""
+        sampler = self.host_sampler if tr.key == HOST else tr.watched.follower.sampler
+        if not hasattr(sampler, "sample_delta") or (tr.key != HOST and tr.procs_key is None):
+            tr.delta = None
+            return
+        if tr.delta is None or tr.delta.sampler is not sampler:
+            tr.delta = FlatDelta(sampler)
+        tr.delta.rebase(flat, sampler.last_c)
+        tr.host_gen = self.host_gen
+
+    def _base_delta(self, tr: Track, now: float) -> bool:
+        """A base tick from what changed since the last one (feed/flat_delta.py): True when done;
+        False leaves it to the whole path (a Sample built, flattened and written)."""
+        d = tr.delta
+        if d is None or d.flat is None:
+            return False
+        if tr.key == HOST:
+            if now - self.kernel_at >= KERNEL_EVERY_S:
+                return False                   # the whole path reads the kernel's files too
+            paths = (list(self.host_flat), list(self.host_vmstat))
+            changed = d.step()
+            if changed is None:
+                return False
+            flat = d.flat
+            self.host_flat = {p: flat[p] for p in paths[0]}
+            self.host_vmstat = {p: flat[p] for p in paths[1]}
+        else:
+            f = tr.watched.follower
+            if tr.host_gen != self.host_gen or f.sampler is not d.sampler or f.procs_key() != tr.procs_key:
+                d.flat = None
+                return False
+            changed = d.step()
+            if changed is None:
+                return False
+            flat = d.flat
+            host = {p: v for p, v in self.host_flat.items() if flat[p] != v}
+            flat.update(host)
+            changed.update(host)
+        mono, wall = flat["mono_ns"], flat["wall_ns"]
+        self._keep(tr, mono, wall, flat)
+        if not self._write_base(tr, lambda rec: rec.w.add_flat(mono, wall, flat, changed)):
+            d.flat = None
+        return True
 
     def _target_item(self, tr: Track) -> Optional[FeedItem]:
         w = tr.watched
         try:
-            # base ticks carry an idle target's memory.stat (TargetSet: stat_max_age_s); a window reads it all
-            s, events = w.follower.tick(full=tr.event is not None)
+            # read whole: a target is sampled only when its usage moved, it is 30 s old or in a window; and
+            # a whole base tick comes right after a delta read, which a carry (stat_max_age_s) would repeat
+            s, events = w.follower.tick(full=True)
         except Exception as e:  # noqa: BLE001 - one target's failure leaves the others
             self.log(f"{tr.label}: {type(e).__name__}: {e}")
             return None
@@ -545,7 +668,8 @@ class FlightRecorder:
         return FeedItem(sample=s, events=evs, mapped_files=w.context.mapped_files,
                         other_cgroups=w.context.other_cgroups)
 
-    def _write_base(self, tr: Track, item: FeedItem, flat: Optional[dict]) -> None:
+    def _write_base(self, tr: Track, write: Callable[[Recorder], object]) -> bool:
+        """write(the track's base file of this period); False when there is none or it failed."""
         period = int(time.time() // self.o.rotate_s)
         if tr.base is not None and period != tr.base_period:
             self._close(tr.base)
@@ -554,15 +678,17 @@ class FlightRecorder:
             tr.base = self._create("base", slug(tr.label), dict(tr.header, flight=self._flight(tr)))
             tr.base_period = period
             if tr.base is None:
-                return
+                return False
             self.retention()
         try:
-            tr.base.write(item, flat)
+            write(tr.base)
             self.dirty.add(tr.base)
+            return True
         except RecordingError as e:             # disk full: said, and tried again next period
             self.log(str(e))
             self._close(tr.base)
             tr.base = None
+            return False
 
     def close(self) -> None:
         if self.probes is not None:

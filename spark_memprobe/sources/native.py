@@ -276,10 +276,31 @@ class NativeSampler(BaseSampler):
             lib.mp_target_set_skip(self.t, max(1, int(self.stat_max_age_s * 1e9)))    # forgets the last full read
         lib.mp_sample_once(self.t, c)
         self.full_reads += c.stat_mono_ns == c.mono_ns
+        self.last_c = c
         s = self.to_sample(c)
         if detail:
             self.add_detail(s)
         return s
+
+    # -- flight base ticks (csrc/memprobe.h mp_sample_delta) ----------------------
+    def sample_delta(self) -> tuple[object, Optional[list[tuple[int, int]]]]:
+        """One tick as sample() (never full), compared in C with the raw vector kept by the last
+        call or by delta_base(): (struct, [(raw column, new value)] of the columns that changed),
+        or (struct, None) when the whole sample has to be built (to_sample(struct)) and kept."""
+        if not hasattr(self, "_dcols"):
+            self._dcols = ffi.new("int32_t[]", lib.MP_RAW_LEN)
+            self._dvals = ffi.new("int64_t[]", lib.MP_RAW_LEN)
+        c = ffi.new("struct mp_sample *")
+        n = lib.mp_sample_delta(self.t, c, self._dcols, self._dvals, lib.MP_RAW_LEN)
+        self.full_reads += c.stat_mono_ns == c.mono_ns
+        self.last_c = c
+        if n == lib.MP_DELTA_WHOLE:
+            return c, None
+        return c, list(zip(self._dcols[0:n], self._dvals[0:n]))
+
+    def delta_base(self, c) -> None:
+        """Keep the raw vector of struct c (a tick of this sampler) for sample_delta to compare with."""
+        lib.mp_delta_base(self.t, c)
 
     # -- background loop ---------------------------------------------------------
     def start(self, interval_s: float, capacity: int = 4096, nvml: bool = True) -> None:
@@ -376,3 +397,20 @@ class NativeSampler(BaseSampler):
         if self.t is not None:
             ffi.release(self.t)       # runs mp_target_free, which stops the thread first
             self.t = None
+
+
+class NativePreads:
+    """Descriptors read again each with one pread at offset 0, all in one C call (csrc/memprobe.h
+    mp_pread_many): read() -> (the texts one after another, [bytes read or -errno per descriptor])."""
+
+    def __init__(self, fds: list[int], caps: list[int]):
+        self.n = len(fds)
+        self._fds = ffi.new("int[]", fds or [0])
+        self._caps = ffi.new("int32_t[]", caps or [0])
+        self._len = sum(caps)
+        self._buf = ffi.new("char[]", max(1, self._len))
+        self._lens = ffi.new("int32_t[]", max(1, self.n))
+
+    def read(self) -> tuple[bytes, list[int]]:
+        used = lib.mp_pread_many(self._fds, self._caps, self.n, self._buf, self._len, self._lens)
+        return ffi.buffer(self._buf, used)[:], ffi.unpack(self._lens, self.n)

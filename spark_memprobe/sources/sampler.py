@@ -197,3 +197,29 @@ def open_sampler(**kw) -> BaseSampler:
         from .native import NativeSampler
         return NativeSampler(**kw)
     return PureSampler(**kw)
+
+
+class PurePreads:
+    """NativePreads without the extension: the same reads, one os.pread each."""
+
+    def __init__(self, fds: list[int], caps: list[int]):
+        self.fds, self.caps = fds, caps
+
+    def read(self) -> tuple[bytes, list[int]]:
+        texts, lens = [], []
+        for fd, cap in zip(self.fds, self.caps):
+            try:
+                texts.append(os.pread(fd, cap, 0))
+                lens.append(len(texts[-1]))
+            except OSError as e:
+                lens.append(-e.errno)
+        return b"".join(texts), lens
+
+
+def open_preads(fds: list[int], caps: list[int]):
+    """One pread at offset 0 of each descriptor, up to caps[i] bytes, per read(): (texts one after
+    another, bytes read or -errno each)."""
+    if native_available()[0]:
+        from .native import NativePreads
+        return NativePreads(fds, caps)
+    return PurePreads(fds, caps)

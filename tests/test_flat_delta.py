@@ -1,0 +1,186 @@
+"""Flight base ticks from what C says changed (feed/flat_delta.py, csrc mp_sample_delta): on a
+live memory cgroup driven to change every tick, and on the host's own files, the kept flat
+sample must equal the whole sample built from the same C read, tick after tick; a change of
+shape (a process joins) must go back to the whole path; and a flight recording written this
+way must read back as what was kept."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from livecg import MiB, LiveCgroup, fresh_file
+from test_psi import cg  # noqa: F401 - the live cgroup fixture
+from spark_memprobe.recording import Recording, flatten
+from spark_memprobe.sources.sampler import native_available, open_preads, open_sampler
+
+pytestmark = pytest.mark.skipif(not native_available()[0], reason="the native extension is not built here")
+
+
+def whole(sampler, d):
+    from spark_memprobe.feed.flat_delta import FlatDelta
+    d = d or FlatDelta(sampler)
+    d.rebase(flatten(sampler.sample(full=True)), sampler.last_c)     # as the flight recorder's whole tick
+    return d
+
+
+def drive(cg: LiveCgroup, path: str, i: int) -> None:
+    """Move the cgroup's usage, memory.stat and its process's status every tick."""
+    if i % 3 == 0:
+        cg.do(f"read {path}")
+    elif i % 3 == 1:
+        cg.do(f"anon {MiB}")
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def test_a_busy_cgroups_delta_is_its_whole_sample(cg, tmp_path):
+    cg.start_child()
+    path = fresh_file(str(tmp_path), MiB)
+    s = open_sampler(cgroup=cg.path, version=cg.version, pids=[cg.child.pid], host_files=False, stat_max_age_s=30.0)
+    try:
+        d = whole(s, None)
+        fast, moved = 0, set()
+        for i in range(24):
+            drive(cg, path, i)
+            changed = d.step()
+            if changed is None:
+                whole(s, d)
+                continue
+            fast += 1
+            assert d.flat == flatten(s.to_sample(s.last_c))       # the same C read, built whole
+            assert {p: d.flat[p] for p in changed} == changed
+            moved |= changed.keys()
+    finally:
+        s.close()
+    assert fast >= 16, f"only {fast} of 24 ticks from the delta ({d.wholes} whole)"
+    # what it followed: the usage counter, memory.stat and the process's RSS
+    assert {"mono_ns", "cgroup/current_bytes", "cgroup/stat/anon", "processes/#0/rss_anon_bytes"} <= moved, moved
+
+
+def test_the_hosts_delta_is_its_whole_sample():
+    s = open_sampler()
+    try:
+        d = whole(s, None)
+        fast, moved = 0, set()
+        for _ in range(10):
+            time.sleep(0.05)
+            changed = d.step()
+            if changed is None:
+                whole(s, d)
+                continue
+            fast += 1
+            moved |= changed.keys()
+            assert d.flat == flatten(s.to_sample(s.last_c))
+    finally:
+        s.close()
+    assert fast >= 8
+    assert any(p.startswith("vmstat/") for p in moved) and any(p.startswith("meminfo/") for p in moved)
+
+
+def test_a_process_that_joins_goes_back_to_the_whole_path(cg):
+    cg.start_child()
+    s = open_sampler(cgroup=cg.path, version=cg.version, pids=None, host_files=False)
+    other = LiveCgroup.__new__(LiveCgroup)            # a second process in the same cgroup
+    other.dir, other.child = cg.dir, None
+    try:
+        d = whole(s, None)
+        assert d.step() is not None
+        other.start_child()
+        s.refresh_pids()                               # as the Follower's whole tick would
+        assert len(s.pids) == 2
+        assert d.step() is None and d.flat is None
+        whole(s, d)
+        assert d.step() is not None and d.flat == flatten(s.to_sample(s.last_c))
+    finally:
+        other.stop_child()
+        s.close()
+
+
+def test_procs_key_says_when_the_processes_or_the_cgroup_changed(cg):
+    from spark_memprobe.feed.follow import Follower
+    from spark_memprobe.sources.targets.resolver import Resolver
+    cg.start_child()
+    r = Resolver()
+    f = Follower(r, r.resolve(f"cgroup:{cg.path}"))
+    try:
+        k = f.procs_key()
+        assert k is not None and f.procs_key() == k
+        other = LiveCgroup.__new__(LiveCgroup)
+        other.dir, other.child = cg.dir, None
+        other.start_child()
+        try:
+            assert f.procs_key() not in (k, None)
+        finally:
+            other.stop_child()
+        os.mkdir(os.path.join(cg.dir, "child"))       # a child cgroup: its processes are listed by walking
+        try:
+            assert f.procs_key() is None
+        finally:
+            os.rmdir(os.path.join(cg.dir, "child"))
+        assert f.procs_key() == k
+    finally:
+        f.close()
+
+
+def test_preads_read_each_file_and_say_which_failed(tmp_path):
+    from spark_memprobe.feed.flight import ring_text
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"12345\n")
+    b.write_bytes(b"x" * 100)
+    fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_RDONLY)
+    bad = os.open(tmp_path, os.O_RDONLY)               # a directory: pread says EISDIR
+    try:
+        blob, lens = open_preads([fa, bad, fb], [32, 32, 64]).read()
+        assert lens == [6, -21, 64]
+        entry = (0, 0, blob, lens, {"a": 0, "dir": 1, "b": 2})
+        assert ring_text(entry, "a") == b"12345\n" and ring_text(entry, "b") == b"x" * 64
+        assert ring_text(entry, "dir") is None and ring_text(entry, "none") is None
+    finally:
+        for fd in (fa, fb, bad):
+            os.close(fd)
+
+
+def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
+    """The flight recorder itself, in-process, over a busy cgroup: its base ticks go the delta
+    way, the base file decodes to exactly the samples it kept, and an event file opened after
+    them holds those samples with the host's vmstat in place of VMSTAT_NOTE."""
+    from spark_memprobe.analysis.flight import flight_files
+    from spark_memprobe.feed.flight import HOST, LIGHT_NOTE, VMSTAT_NOTE, FlightOptions, FlightRecorder
+    from spark_memprobe.feed.multi import TargetSet
+    cg.start_child()
+    path = fresh_file(str(tmp_path), MiB)
+    ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{cg.path}"], False, 5.0, 0.9, lambda k, m: None,
+                   lambda stage, e: None)
+    fr = FlightRecorder(FlightOptions(directory=str(tmp_path / "flight"), psi_stall_us=None), ts, lambda m: None)
+    try:
+        i = 0
+        end = time.monotonic() + 6
+        while time.monotonic() < end:
+            if fr.n_fast % 10 == 5:
+                drive(cg, path, i)
+                i += 1
+            fr.tick()
+            time.sleep(0.1)
+        tr = next(t for k, t in fr.tracks.items() if k != HOST)
+        assert tr.delta is not None and tr.delta.flat is not None, "the target's base ticks never went the delta way"
+        kept = [e[2] for e in tr.full]
+        fr.trigger("psi", tr, "test: an event after the delta ticks")
+        fr.tick()
+    finally:
+        fr.close()
+    base = [f for f in flight_files(str(tmp_path / "flight")) if f.kind == "base" and f.rest != "host"]
+    assert len(base) == 1
+    with Recording(base[0].path) as rec:
+        read = [{rec.paths[p]: v for p, v in st.flat.items()} for st in rec.walk()]
+    assert len(kept) >= 5 and len(read) in (len(kept), len(kept) + 1)     # the tick after the trigger may be a base one
+    assert read[:len(kept)] == kept
+    assert len({r["cgroup/current_bytes"] for r in read}) >= 3
+    [ev] = [f for f in flight_files(str(tmp_path / "flight")) if f.kind == "event" and f.rest != "psi-host"]
+    with Recording(ev.path) as rec:
+        full = [s for s in rec.samples() if LIGHT_NOTE not in s.notes]
+    assert len(full) >= len(kept)
+    assert all(s.vmstat is not None and VMSTAT_NOTE not in s.notes for s in full)
