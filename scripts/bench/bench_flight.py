@@ -137,7 +137,7 @@ def main() -> None:
             disk = f"; {day[k][1]} samples, {day[k][0] / 2**20:.0f} MiB/day on disk" if k in runs else ""
             print(f"  {k:7s} {share:5.2f} % of a core ({(c1[k] - c0[k]) / (t1 - t0) / (n + 1) * 1e3:.3f} ms "
                   f"per target-second){disk}")
-        print("note: measured on a shared 2-vCPU CI VM while other engineers ran tests")
+        print(f"on {os.cpu_count()} CPUs, kernel {os.uname().release}, load average {os.getloadavg()[0]:.2f} at the end")
     finally:
         for p in procs.values():
             if p.poll() is None:
