@@ -18,7 +18,6 @@ import stat
 from typing import Optional
 
 from .parse import parse_kv, parse_single
-from .procfs import pread_all
 
 
 def _open_regular(path: str, flags: int = os.O_RDONLY) -> int:
@@ -30,25 +29,18 @@ def _open_regular(path: str, flags: int = os.O_RDONLY) -> int:
 
 
 def usage_from_raw(raw: Optional[bytes]) -> Optional[int]:
-    """memory.current / memory.usage_in_bytes text (EventsWatch.usage_raw) as bytes."""
+    """memory.current / memory.usage_in_bytes text (EventsWatch.fds["usage"]) as bytes."""
     v = parse_single(raw) if raw else None
     return v if isinstance(v, int) else None
 
 
 class Reread:
-    """A kernel file kept open and read again with one pread (the flight recorder's 100 ms
-    ring reads /proc/meminfo this way and parses only what a trigger needs); raw() is None
-    when the read fails."""
+    """A kernel file kept open for one pread at offset 0 at each look (the flight recorder's
+    100 ms ring reads /proc/meminfo through it, with every usage counter in one call)."""
 
     def __init__(self, path: str):
         self.path = path
         self.fd = _open_regular(path)
-
-    def raw(self) -> Optional[bytes]:
-        try:
-            return pread_all(self.fd)
-        except OSError:
-            return None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -113,8 +105,8 @@ class EventsWatch:
         count failed charges against the limit); fileno() is an eventfd registered through
         cgroup.event_control on memory.oom_control, signalled on every OOM of the cgroup and
         when the cgroup is removed (Documentation/admin-guide/cgroup-v1/memory.rst, "OOM Control").
-    usage_bytes(): memory.current (v2) or memory.usage_in_bytes (v1), the counter the limit is
-    checked against: one small pread."""
+    fds["usage"]: memory.current (v2) or memory.usage_in_bytes (v1), the counter the limit is
+    checked against, kept open for the flight recorder's 100 ms ring (usage_from_raw reads it)."""
 
     def __init__(self, cgroup_dir: str, version: int):
         self.dir = cgroup_dir
@@ -184,17 +176,6 @@ class EventsWatch:
         grew = {k: v - self.last[k] for k, v in now.items() if k in self.last and v > self.last[k]}
         self.last.update(now)
         return grew
-
-    def usage_raw(self) -> Optional[bytes]:
-        """The usage counter's text, unparsed (one pread: the 100 ms ring keeps it as it is);
-        None when it cannot be read (kernfs answers ENODEV once the cgroup is removed)."""
-        try:
-            return os.pread(self.fds["usage"], 32, 0)
-        except OSError:
-            return None
-
-    def usage_bytes(self) -> Optional[int]:
-        return usage_from_raw(self.usage_raw())
 
     def close(self) -> None:
         for fd in self.fds.values():
