@@ -159,6 +159,14 @@ int mp_sampler_stop(struct mp_target *t);
 #define MP_DELTA_WHOLE -1
 int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals, int max);
 void mp_delta_base(struct mp_target *t, const struct mp_sample *s);
+/* With a cgroup directory watched (mp_procs_watch: opened O_PATH, never through a link), the
+ * kept vector is only kept (mp_delta_base) after mp_procs_mark read its cgroup.procs, and
+ * mp_sample_delta answers MP_DELTA_WHOLE unless the directory still has no child cgroup (kernfs
+ * counts 2 + subdirectories) and cgroup.procs, opened anew (a kept v1 descriptor reads a cached
+ * pid list: docs/facts.md#f-v1-procs-cached), reads as at the mark: the caller marks before it
+ * lists the processes, so one that joined since is seen. */
+int mp_procs_watch(struct mp_target *t, const char *cgroup_dir);
+int mp_procs_mark(struct mp_target *t);
 
 /* The flight recorder's 100 ms ring (feed/flight.py): one pread at offset 0 of each of n
  * descriptors, up to caps[i] bytes, the texts one after another in buf; lens[i] is the bytes

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "memprobe.h"
@@ -16,6 +17,7 @@
 #include "parse.h"
 
 #define MP_BUFSZ 65536
+#define MP_PROCS_TEXT_MAX MP_BUFSZ     /* cgroup.procs text compared by mp_sample_delta (~9000 pids) */
 
 static const char *status_keys[MP_STATUS_KEYS] = {
     "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap", "VmHWM", "VmSize", "VmPTE",
@@ -59,6 +61,9 @@ struct mp_target {
     int64_t *raw;                         /* MP_PACK_MAX raw vectors: the drainer's, outside ring_lock */
     int64_t *delta;                       /* mp_sample_delta: the kept vector, then the new one */
     int delta_valid;
+    int procs_dirfd;                      /* mp_procs_watch: the cgroup directory, O_PATH; -1: none */
+    char *procs_text;                     /* cgroup.procs at mp_procs_mark */
+    int procs_len;                        /* its length; -1: not marked */
     pthread_mutex_t ring_lock;
     pthread_cond_t wake;
     struct mp_sample *ring;
@@ -131,6 +136,8 @@ struct mp_target *mp_target_new(void)
     }
     for (int i = 0; i < MP_PROCS_MAX; i++)
         t->pid_fd[i] = -1;
+    t->procs_dirfd = -1;
+    t->procs_len = -1;
     return t;
 }
 
@@ -160,6 +167,9 @@ void mp_target_free(struct mp_target *t)
     free(t->ring);
     free(t->raw);
     free(t->delta);
+    free(t->procs_text);
+    if (t->procs_dirfd >= 0)
+        close(t->procs_dirfd);
     free(t->buf);
     free(t);
 }
@@ -790,6 +800,57 @@ static int shape_column(int c)
     return c >= MP_RAW_PROCS && (c - MP_RAW_PROCS) % MP_RAW_PROC_STRIDE < 5;
 }
 
+/* The cgroup's processes as cgroup.procs lists them now, in t->buf: its length, or -1 when the
+ * directory has a child cgroup, is gone, or the text does not fit. */
+static int procs_read(struct mp_target *t)
+{
+    struct stat st;
+    ssize_t n;
+    int fd;
+
+    if (fstat(t->procs_dirfd, &st) < 0 || st.st_nlink != 2)
+        return -1;
+    fd = openat(t->procs_dirfd, "cgroup.procs", O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -1;
+    }
+    n = pread_intr(fd, t->buf, MP_PROCS_TEXT_MAX, 0);
+    close(fd);
+    return n < 0 || n >= MP_PROCS_TEXT_MAX ? -1 : (int)n;
+}
+
+int mp_procs_watch(struct mp_target *t, const char *cgroup_dir)
+{
+    int fd = open(cgroup_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0)
+        return -errno;
+    if (!t->procs_text && !(t->procs_text = malloc(MP_PROCS_TEXT_MAX))) {
+        close(fd);
+        return -ENOMEM;
+    }
+    if (t->procs_dirfd >= 0)
+        close(t->procs_dirfd);
+    t->procs_dirfd = fd;
+    t->procs_len = -1;
+    return 0;
+}
+
+int mp_procs_mark(struct mp_target *t)
+{
+    if (t->procs_dirfd < 0)
+        return -EBADF;
+    pthread_mutex_lock(&t->lock);
+    t->procs_len = procs_read(t);
+    if (t->procs_len >= 0)
+        memcpy(t->procs_text, t->buf, (size_t)t->procs_len);
+    pthread_mutex_unlock(&t->lock);
+    return t->procs_len < 0 ? -ENOENT : 0;
+}
+
 void mp_delta_base(struct mp_target *t, const struct mp_sample *s)
 {
     t->delta_valid = 0;
@@ -797,6 +858,8 @@ void mp_delta_base(struct mp_target *t, const struct mp_sample *s)
         return;
     if (s->stat_mono_ns != s->mono_ns)
         return;                           /* carried: the next tick reads whole */
+    if (t->procs_dirfd >= 0 && t->procs_len < 0)
+        return;                           /* watched, not marked: no list to compare with */
     to_raw(s, t->delta);
     t->delta_valid = 1;
 }
@@ -806,6 +869,13 @@ int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, i
     int64_t *old, *cur;
     int n = 0;
 
+    if (t->delta_valid && t->procs_dirfd >= 0) {
+        pthread_mutex_lock(&t->lock);     /* t->buf, which sample_into reads over next */
+        int n = procs_read(t);
+        if (n < 0 || n != t->procs_len || memcmp(t->buf, t->procs_text, (size_t)n) != 0)
+            t->delta_valid = 0;
+        pthread_mutex_unlock(&t->lock);
+    }
     sample_into(t, out, 1, 1);
     if (!t->delta_valid || out->stat_mono_ns != out->mono_ns)
         return t->delta_valid = 0, MP_DELTA_WHOLE;

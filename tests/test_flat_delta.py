@@ -100,30 +100,42 @@ def test_a_process_that_joins_goes_back_to_the_whole_path(cg):
         s.close()
 
 
-def test_procs_key_says_when_the_processes_or_the_cgroup_changed(cg):
-    from spark_memprobe.feed.follow import Follower
-    from spark_memprobe.sources.targets.resolver import Resolver
+def test_a_process_or_child_cgroup_that_appears_is_seen_in_c(cg):
+    """The flight recorder lists a target's processes only on a whole tick: the C delta compares
+    cgroup.procs (opened anew: docs/facts.md#f-v1-procs-cached) with the text marked before that
+    listing, and wants no child cgroup (whose processes only a walk finds)."""
+    from spark_memprobe.feed.flat_delta import FlatDelta
     cg.start_child()
-    r = Resolver()
-    f = Follower(r, r.resolve(f"cgroup:{cg.path}"))
+    s = open_sampler(cgroup=cg.path, version=cg.version, host_files=False)
+    d = FlatDelta.for_target(s)
+    other = LiveCgroup.__new__(LiveCgroup)            # a second process in the same cgroup
+    other.dir, other.child = cg.dir, None
+
+    def whole_tick():
+        d.mark()
+        s.refresh_pids()
+        d.rebase(flatten(s.sample(full=True)), s.last_c)
+
     try:
-        k = f.procs_key()
-        assert k is not None and f.procs_key() == k
-        other = LiveCgroup.__new__(LiveCgroup)
-        other.dir, other.child = cg.dir, None
+        assert d is not None
+        whole_tick()
+        assert d.step() is not None and d.step() is not None      # nothing joined
         other.start_child()
+        assert d.step() is None, "a process joined and the delta did not see it"
+        whole_tick()
+        assert len(s.pids) == 2 and d.step() is not None
+        os.mkdir(os.path.join(cg.dir, "child"))
         try:
-            assert f.procs_key() not in (k, None)
-        finally:
-            other.stop_child()
-        os.mkdir(os.path.join(cg.dir, "child"))       # a child cgroup: its processes are listed by walking
-        try:
-            assert f.procs_key() is None
+            assert d.step() is None, "a child cgroup appeared and the delta did not see it"
+            whole_tick()
+            assert d.step() is None                                 # marked with a child: whole each tick
         finally:
             os.rmdir(os.path.join(cg.dir, "child"))
-        assert f.procs_key() == k
+        whole_tick()
+        assert d.step() is not None
     finally:
-        f.close()
+        other.stop_child()
+        s.close()
 
 
 def test_preads_read_each_file_and_say_which_failed(tmp_path):

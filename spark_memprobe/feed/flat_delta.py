@@ -4,7 +4,7 @@ build a Sample, flatten it and compare its ~150 paths with the last one written;
 sampler compares its raw vector with the last one kept (csrc/memprobe.h mp_sample_delta) and
 only the columns that changed become paths and values, through the same layout burst records are
 read with (sources/native.py burst_layout, recording.burst_value). Anything else (a process
-came or went, a file failed or grew a key, a limit event, NVML notes, a column no path of the
+came or went (cgroup.procs is compared in C), a file failed or grew a key, a limit event, NVML notes, a column no path of the
 kept sample holds) is left to the caller's whole path, whose flattened sample rebase() keeps."""
 from __future__ import annotations
 
@@ -20,12 +20,24 @@ class FlatDelta:
     sample whole (a fresh tick of the sampler), then rebase(its flat, sampler.last_c)."""
 
     def __init__(self, sampler):
+        """sampler: the host's, or a target's whose processes it can watch (for_target)."""
         self.sampler = sampler
         self.flat: Optional[dict] = None
         self.by_col: dict[int, list[tuple[str, bool, bool]]] = {}   # column -> (path, limit, hundredths)
         self.lay: dict = {}
         self.gpu_keys: Optional[set] = None          # NVML read each tick: its paths, compared here
         self.wholes = 0                              # ticks step() left to the whole path
+
+    @classmethod
+    def for_target(cls, sampler) -> Optional["FlatDelta"]:
+        """A target's: its cgroup's processes are checked at every step (the caller marks them,
+        mark(), before it lists them for a whole tick); None without the native sampler or a cgroup."""
+        if not hasattr(sampler, "watch_procs") or not sampler.watch_procs():
+            return None
+        return cls(sampler)
+
+    def mark(self) -> None:
+        self.sampler.mark_procs()
 
     def rebase(self, flat: dict, c) -> None:
         """flat: the flattened sample of struct c (the sampler's last tick), as written."""

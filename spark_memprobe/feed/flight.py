@@ -225,8 +225,7 @@ class Track:
         # flat of that tick for a target, None for the host, whose flat holds it)
         self.full: collections.deque = collections.deque()
         self.delta: Optional[FlatDelta] = None       # base ticks from what C says changed
-        self.procs_key: Optional[tuple] = None       # Follower.procs_key before the last whole tick
-        self.host_gen = -1                           # FlightRecorder.host_gen at that tick
+        self.host_gen = -1                           # FlightRecorder.host_gen at its last whole tick
         self.full_usage: Optional[bytes] = None      # usage counter text at the last whole base sample
         self.full_at = float("-inf")
         self.watch: Optional[EventsWatch] = None
@@ -539,7 +538,8 @@ class FlightRecorder:
                 flat = flatten(s)
                 self._host_parts(flatten(s.meminfo, "meminfo"), flatten(s.vmstat, "vmstat"))
         else:
-            tr.procs_key = tr.watched.follower.procs_key() if base and tr.event is None else None
+            if base and tr.event is None:
+                self._mark(tr)
             item = self._target_item(tr)
             if item is None:
                 return False
@@ -599,16 +599,24 @@ class FlightRecorder:
         while tr.full and mono_ns - tr.full[0][0] > self.o.ring_s * 1e9:
             tr.full.popleft()
 
+    def _mark(self, tr: Track) -> None:
+        """Before a target's whole base tick lists its processes: the delta's reference list."""
+        sampler = tr.watched.follower.sampler
+        if tr.delta is None or tr.delta.sampler is not sampler:
+            tr.delta = FlatDelta.for_target(sampler)
+        if tr.delta is not None:
+            tr.delta.mark()
+
     def _rebase(self, tr: Track, flat: dict) -> None:
         """Keep the base sample just written for the next base tick's delta (feed/flat_delta.py)."""
-        sampler = self.host_sampler if tr.key == HOST else tr.watched.follower.sampler
-        if not hasattr(sampler, "sample_delta") or (tr.key != HOST and tr.procs_key is None):
-            tr.delta = None
-            return
-        if tr.delta is None or tr.delta.sampler is not sampler:
-            tr.delta = FlatDelta(sampler)
-        tr.delta.rebase(flat, sampler.last_c)
-        tr.host_gen = self.host_gen
+        if tr.key == HOST:
+            if tr.delta is None and hasattr(self.host_sampler, "sample_delta"):
+                tr.delta = FlatDelta(self.host_sampler)
+        elif tr.event is not None or (tr.delta is not None and tr.delta.sampler is not tr.watched.follower.sampler):
+            tr.delta = None                  # in a window (not marked), or a restart opened a new sampler
+        if tr.delta is not None:
+            tr.delta.rebase(flat, tr.delta.sampler.last_c)
+            tr.host_gen = self.host_gen
 
     def _base_delta(self, tr: Track, now: float) -> bool:
         """A base tick from what changed since the last one (feed/flat_delta.py): True when done;
@@ -627,8 +635,7 @@ class FlightRecorder:
             self.host_flat = {p: flat[p] for p in paths[0]}
             self.host_vmstat = {p: flat[p] for p in paths[1]}
         else:
-            f = tr.watched.follower
-            if tr.host_gen != self.host_gen or f.sampler is not d.sampler or f.procs_key() != tr.procs_key:
+            if tr.host_gen != self.host_gen or tr.watched.follower.sampler is not d.sampler:
                 d.flat = None
                 return False
             changed = d.step()

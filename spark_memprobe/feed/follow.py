@@ -3,7 +3,6 @@ cgroup re-created by a restart, moved, gone for a while, ended)."""
 from __future__ import annotations
 
 import os
-import stat
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -59,32 +58,6 @@ class Follower:
             return os.stat(t.cgroup_dir, follow_symlinks=False).st_ino == t.cgroup_ino
         except OSError:
             return False
-
-    def procs_key(self) -> Optional[tuple]:
-        """(inode, cgroup.procs text) of the followed cgroup as it reads now; None without a cgroup,
-        with a child cgroup (kernfs counts 2 + subdirectories: fs/kernfs/inode.c) or on a read
-        error. The flight recorder takes it before a tick and compares it at the next base tick:
-        equal, the cgroup and its processes are the ones that tick found (a process that joined
-        and left since fails its status read)."""
-        t = self.target
-        if t.kind == "pid" or not t.cgroup_dir:
-            return None
-        try:
-            st = os.stat(t.cgroup_dir, follow_symlinks=False)
-            if st.st_nlink != 2 or st.st_ino != t.cgroup_ino:
-                return None
-            # opened anew each time: v1 serves a kept descriptor the pid list it built for it
-            # until 1 s after its last read (kernel/cgroup/cgroup-v1.c cgroup_pidlist_start;
-            # docs/facts.md#f-v1-procs-cached)
-            fd = os.open(f"{t.cgroup_dir}/cgroup.procs", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return None
-                return st.st_ino, os.pread(fd, 1 << 20, 0)
-            finally:
-                os.close(fd)
-        except OSError:
-            return None
 
     def tick(self, full: bool = False) -> tuple[Optional[object], list[FollowEvent]]:
         """One step: (sample or None, events). An event of kind "ended" is the last one.

@@ -302,6 +302,15 @@ class NativeSampler(BaseSampler):
         """Keep the raw vector of struct c (a tick of this sampler) for sample_delta to compare with."""
         lib.mp_delta_base(self.t, c)
 
+    def watch_procs(self) -> bool:
+        """Have sample_delta check the cgroup's processes (csrc/memprobe.h mp_procs_watch); False
+        when the directory cannot be opened."""
+        return bool(self.cgroup_dir) and lib.mp_procs_watch(self.t, self.cgroup_dir.encode()) == 0
+
+    def mark_procs(self) -> None:
+        """Read cgroup.procs as sample_delta's reference: call it before listing the processes."""
+        lib.mp_procs_mark(self.t)
+
     # -- background loop ---------------------------------------------------------
     def start(self, interval_s: float, capacity: int = 4096, nvml: bool = True) -> None:
         """Sample in a C thread every interval_s into a ring of `capacity` samples (the oldest
