@@ -21,7 +21,9 @@ At the base rate a target is read whole only when its usage counter moved since 
 reading, or that reading is STAT_MAX_AGE_S old (the exporter's rule, feed/context.py): an idle
 target costs its ring pread and nothing else. Its base sample carries the host's meminfo of the
 same tick, flattened once for all targets; the host's vmstat (192 counters, most moving every
-second) is only in the host's base file, and in event files (VMSTAT_NOTE says so)."""
+second) is only in the host's base file, and in event files (VMSTAT_NOTE says so). A base tick
+outside a window whose reading only moved values is written from what C says changed, without
+building a Sample (feed/flat_delta.py); anything else goes the whole way."""
 from __future__ import annotations
 
 import collections
