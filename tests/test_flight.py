@@ -305,3 +305,39 @@ def test_a_targets_window_that_outlives_the_hosts_still_has_the_host_files(tmp_p
     late = [s for s in full if s.mono_ns > host_until * 1e9]
     assert len(late) >= 2, [s.mono_ns for s in full]
     assert all(s.meminfo is not None and s.vmstat is not None for s in full)
+
+
+def test_report_last_and_at_cut_a_targets_base_files(cg, tmp_path, capsys):
+    """`report DIR --last D` / `--at T` cut a target's base files (written by delta ticks: the
+    usage moves every second) into one recording and report it; the target is named as `record`
+    was given it or as the files name it; one that is not there is a one-line error."""
+    from spark_memprobe.feed.flight import FlightOptions, FlightRecorder, slug
+    from spark_memprobe.feed.multi import TargetSet
+    cg.start_child()
+    f = fresh_file(str(tmp_path), MiB)
+    d = str(tmp_path / "flight")
+    target = f"cgroup:{cg.path}"
+    ts = TargetSet("/proc", "/sys/fs/cgroup", [target], False, 5.0, 0.9, lambda k, m: None, lambda stage, e: None)
+    fr = FlightRecorder(FlightOptions(directory=d, psi_stall_us=None), ts, lambda m: None)
+    start = time.time()
+    try:
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            if fr.n_fast % 10 == 5:
+                cg.do(f"read {f}" if fr.n_fast % 20 == 5 else f"anon {MiB}")
+            fr.tick()
+            time.sleep(0.1)
+    finally:
+        fr.close()
+    capsys.readouterr()
+    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start))
+    for args in (["--last", "1m", "--target", target], ["--last", "1m", "--target", slug(target)],
+                 ["--at", at, "--target", target]):
+        assert main(["report", d, *args]) == 0, args
+        out = capsys.readouterr().out
+        assert f"memory cgroup v{cg.version} {cg.path}" in out.splitlines()[0], args
+        n = int(re.search(r"stretch\.db · ([0-9]+) samples", out).group(1))
+        assert n >= 4, (args, n)
+    assert main(["report", d, "--last", "1m", "--target", "cgroup:/not-recorded"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no samples of 'cgroup:/not-recorded'" in err

@@ -10,7 +10,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Optional
 
-from ..feed.flight import FILE_RE
+from ..feed.flight import FILE_RE, slug
 from ..recording import Recording, RecordingError, RecordingWriter
 from .timeline import Reason, Series
 
@@ -39,7 +39,7 @@ def flight_files(directory: str) -> list[FlightFile]:
 
 
 def _matches(f: FlightFile, target: Optional[str]) -> bool:
-    return target is None or target in f.rest
+    return target is None or slug(target) in f.rest
 
 
 def pick_event(files: list[FlightFile], event: str, target: Optional[str], at_s: Optional[float]) -> FlightFile:
@@ -68,11 +68,12 @@ def pick_event(files: list[FlightFile], event: str, target: Optional[str], at_s:
 
 def extract(files: list[FlightFile], target: str, t0_s: float, t1_s: float, out: str) -> int:
     """Write the samples of target's base files taken between t0_s and t1_s (wall clock) into
-    one new recording at out, with the events of that stretch; returns the samples written."""
+    one new recording at out, with the events of that stretch; returns the samples written.
+    target: as the files name it, or as `record` was given it (the files name its slug)."""
     w, n = None, 0
     try:
         for f in files:
-            if f.kind != "base" or not re.fullmatch(re.escape(target) + r"(-[0-9]+)?", f.rest) or f.start_s > t1_s:
+            if f.kind != "base" or not re.fullmatch(re.escape(slug(target)) + r"(-[0-9]+)?", f.rest) or f.start_s > t1_s:
                 continue
             with Recording(f.path) as rec:
                 rows = rec.timeline(["mem_total_bytes"])
