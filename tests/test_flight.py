@@ -341,3 +341,61 @@ def test_report_last_and_at_cut_a_targets_base_files(cg, tmp_path, capsys):
     assert main(["report", d, "--last", "1m", "--target", "cgroup:/not-recorded"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no samples of 'cgroup:/not-recorded'" in err
+
+
+def test_a_restart_and_an_exit_under_delta_ticks_are_triggers(tmp_path):
+    """A target whose base ticks go the delta way (feed/flat_delta.py: kept descriptors, the
+    processes checked in C) is re-created at the same path, then removed: the recorder says
+    `restart`, follows the new cgroup (its base ticks go the delta way again, with the new
+    sampler), then says `exit` (a TARGET given by name used to stay followed, silent, once its
+    cgroup was gone: the Follower's "ended" was dropped) and its base file says how it ended."""
+    from spark_memprobe.feed.flight import FlightOptions, FlightRecorder
+    from spark_memprobe.feed.multi import TargetSet
+    from livecg import remove_cgroup_dir
+    cg = LiveCgroup()
+    cg.start_child()
+    f = fresh_file(str(tmp_path), MiB)
+    lines: list[str] = []
+    ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{cg.path}"], False, 5.0, 0.9, lambda k, m: None,
+                   lambda stage, e: None)
+    fr = FlightRecorder(FlightOptions(directory=str(tmp_path / "flight"), psi_stall_us=None, after_s=0.5), ts,
+                        lines.append)
+
+    def run(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if fr.n_fast % 10 == 5 and cg.child is not None and cg.child.poll() is None:
+                cg.do(f"read {f}" if fr.n_fast % 20 == 5 else f"anon {MiB}")
+            fr.tick()
+            time.sleep(0.1)
+
+    def track():
+        return next(t for k, t in fr.tracks.items() if t.label == f"cgroup:{cg.path}")
+
+    try:
+        run(4)
+        first = track()
+        assert first.delta is not None and first.delta.flat is not None, "no delta base ticks before the restart"
+        old_sampler = first.delta.sampler
+        cg.stop_child()
+        assert remove_cgroup_dir(cg.dir)
+        os.mkdir(cg.dir)
+        cg.start_child()
+        run(4)
+        assert any(line.startswith("trigger restart:") for line in lines), lines
+        tr = track()
+        assert tr.delta is not None and tr.delta.sampler is not old_sampler and tr.delta.flat is not None
+        cg.stop_child()
+        assert remove_cgroup_dir(cg.dir)
+        run(3)
+        assert any(line.startswith("trigger exit:") for line in lines), lines
+    finally:
+        fr.close()
+        cg.stop_child()
+        remove_cgroup_dir(cg.dir)
+    label = f"cgroup:{cg.path}".replace(":", "_").replace("/", "_")
+    ends = []
+    for bf in base_files(str(tmp_path / "flight"), label):
+        with Recording(bf.path) as rec:
+            ends += [e.value for e in rec.events("target") if e.value.get("kind") == "ended"]
+    assert len(ends) == 1, ends                      # the base file says how it ended

@@ -669,6 +669,16 @@ class FlightRecorder:
                 tr.watch = tr.psi = None
                 self._watch(tr)
                 self.trigger("restart", tr, e.message)
+            elif e.kind == "ended":
+                # gone for good (TargetSet.sample drops it the same way): its base file says why, then
+                # the exit trigger and the track's end, as for a container no longer listed (_sync_targets)
+                if tr.base is not None:
+                    tr.base.w.add_event(time.monotonic_ns(), "target", {"kind": e.kind, "message": e.message,
+                                                                        "wall_ns": e.wall_ns, "facts": e.facts})
+                self.ts.remove(tr.key, e.message)
+                self.trigger("exit", tr, f"{tr.label}: {e.message}")
+                self._drop(tr)
+                return None
         if s is None:
             return None
         if tr.event is not None:            # file mappings and siblings only inside a window
