@@ -3,9 +3,10 @@ flight recorder's base ticks (docs/performance.md, Issue 22). A busy target's ba
 build a Sample, flatten it and compare its ~150 paths with the last one written; here the C
 sampler compares its raw vector with the last one kept (csrc/memprobe.h mp_sample_delta) and
 only the columns that changed become paths and values, through the same layout burst records are
-read with (sources/native.py burst_layout, recording.burst_value). Anything else (a process
-came or went (cgroup.procs is compared in C), a file failed or grew a key, a limit event, NVML notes, a column no path of the
-kept sample holds) is left to the caller's whole path, whose flattened sample rebase() keeps."""
+read with (sources/native.py burst_layout, recording.burst_value). Anything else is left to the
+caller's whole path, whose flattened sample rebase() keeps: a process that came or went (C
+compares cgroup.procs), a file that failed or grew a key, a limit event, NVML notes, a column no
+path of the kept sample holds."""
 from __future__ import annotations
 
 from typing import Optional
