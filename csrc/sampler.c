@@ -871,8 +871,8 @@ int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, i
 
     if (t->delta_valid && t->procs_dirfd >= 0) {
         pthread_mutex_lock(&t->lock);     /* t->buf, which sample_into reads over next */
-        int n = procs_read(t);
-        if (n < 0 || n != t->procs_len || memcmp(t->buf, t->procs_text, (size_t)n) != 0)
+        int len = procs_read(t);
+        if (len < 0 || len != t->procs_len || memcmp(t->buf, t->procs_text, (size_t)len) != 0)
             t->delta_valid = 0;
         pthread_mutex_unlock(&t->lock);
     }
