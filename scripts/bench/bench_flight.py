@@ -9,9 +9,11 @@ bytes it wrote, scaled to a day. Beside it, over the same cgroups and the same s
 --busy: each cgroup's process reads a 1 MiB file into the page cache, or the bench drops those
 pages (POSIX_FADV_DONTNEED), every second, so that every usage counter moves (idle targets are
 read whole only every 30 s, feed/flight.py; freed anonymous memory would stay with malloc).
-Run as root: python scripts/bench/bench_flight.py [N] [SECONDS] [--busy] [--before DIR]"""
+Run as root: python scripts/bench/bench_flight.py [N] [SECONDS] [--busy] [--before DIR] [--json FILE]
+(--json: the shares of a core and the disk per day, for run_all.py)"""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -88,7 +90,8 @@ def main() -> None:
         return floor(argv[1:])
     busy = "--busy" in argv
     before = argv[argv.index("--before") + 1] if "--before" in argv else None
-    pos = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] != "--before")]
+    out_json = argv[argv.index("--json") + 1] if "--json" in argv else None
+    pos = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] not in ("--before", "--json"))]
     n = int(pos[0]) if pos else 20
     secs = float(pos[1]) if len(pos) > 1 else 60
     cgs = []
@@ -132,6 +135,11 @@ def main() -> None:
         day = {k: bytes_per_day(os.path.join(d, k)) for k in runs}
         print(f"{n} cgroups ({'busy: 1 MiB cached or dropped in each every second' if busy else 'idle'}) "
               f"+ host at 1 Hz, measured {t1 - t0:.0f} s after a 5 s warm-up, side by side:")
+        if out_json:
+            with open(out_json, "w") as f:
+                json.dump({"targets": n, "busy": busy, "seconds": t1 - t0,
+                           "share": {k: (c1[k] - c0[k]) / (t1 - t0) for k in procs},
+                           "bytes_per_day": {k: day[k][0] for k in runs}}, f)
         for k in procs:
             share = (c1[k] - c0[k]) / (t1 - t0) * 100
             disk = f"; {day[k][1]} samples, {day[k][0] / 2**20:.0f} MiB/day on disk" if k in runs else ""

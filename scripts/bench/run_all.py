@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Every benchmark of issue 21 in one run, one after the other on this host, then its table side
-by side: the sampler (bench_sampler.py), the eBPF probes (bench_bpf.py), the exporter and scale
-(bench_export.py) and the 24 h report (bench_report.py). Each bench's own output is printed as
+"""Every benchmark of issues 21 and 22 in one run, one after the other on this host, then its table
+side by side: the sampler (bench_sampler.py), the eBPF probes (bench_bpf.py), the exporter and
+scale (bench_export.py), the 24 h report (bench_report.py) and the flight recorder's base cost,
+idle and busy (bench_flight.py). Each bench's own output is printed as
 it runs; the summary at the end gives each measure, its goal, and whether it was met.
 
     sudo .venv/bin/python scripts/bench/run_all.py [--quick] [--skip NAME ...]
@@ -23,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-NAMES = ("sampler", "bpf", "export", "report")
+NAMES = ("sampler", "bpf", "export", "report", "flight")
 
 
 def run(name: str, argv: list[str]) -> tuple[str, float]:
@@ -106,9 +107,15 @@ def main() -> int:
     if "report" not in a.skip:
         outs["report"], _ = run("report", ["bench_report.py", "--minutes", "60" if a.quick else "1440", "--child",
                                            "--seeks", "50", "--no-events", "--json", j["report"], *base])
+    if "flight" not in a.skip:
+        for kind in ("idle", "busy"):
+            j[f"flight-{kind}"] = os.path.join(tmp, f"flight-{kind}.json")
+            outs[f"flight-{kind}"], _ = run(f"flight ({kind})", ["bench_flight.py", "20", "20" if a.quick else "40",
+                                                                *(["--busy"] if kind == "busy" else []),
+                                                                "--json", j[f"flight-{kind}"]])
     load1 = os.getloadavg()
     u = os.uname()
-    print(f"\n===== issue 21, side by side (one run)\nhost {u.nodename}, kernel {u.release} {u.machine}, "
+    print(f"\n===== issues 21 and 22, side by side (one run)\nhost {u.nodename}, kernel {u.release} {u.machine}, "
           f"{os.cpu_count()} CPUs; load average {load0[0]:.2f} before, {load1[0]:.2f} after "
           "(other work on this machine shares its CPUs and inflates every number)\n")
     print("| measure | now | goal | verdict |\n|---|---|---|---|")
@@ -159,6 +166,13 @@ def main() -> int:
             print(f"| replay seek anywhere ({h:g} h recording) | p50 {r['seek_p50_s'] * 1e3:.1f} ms, max "
                   f"{r['seek_max_s'] * 1e3:.1f} ms | <= 100 ms | "
                   f"{verdict(r['seek_max_s'] <= 0.1, 'by %.0f ms' % ((r['seek_max_s'] - 0.1) * 1e3))} |")
+    for kind in ("idle", "busy"):
+        f = load(j.get(f"flight-{kind}", ""))
+        if f:
+            now, floor = f["share"]["now"], f["share"]["floor"]
+            print(f"| flight recorder, {f['targets']} cgroups + host at 1 Hz, {kind} | {now * 100:.2f} % of a core, "
+                  f"{f['bytes_per_day']['now'] / 2 ** 20:.0f} MiB/day (floor of its reads {floor * 100:.2f} %) | "
+                  f"< 0.5 % | {verdict(now < 0.005, 'by %.2f points, %.1fx' % ((now - 0.005) * 100, now / 0.005))} |")
     return 0
 
 
