@@ -37,12 +37,19 @@ def test_idle_target_is_not_read_again(cg, cls):
     with cls(cgroup=cg.path, version=cg.version, stat_max_age_s=30) as smp:
         first = smp.sample()
         later = [smp.sample() for _ in range(5)]
-        assert smp.full_reads == 1
         assert carried_from(first) is None
+        # the idle child's usage can still move by a charge (once in CI, in a loaded batch): a tick
+        # whose counter moved reads in full and is the one the next ticks carry from
+        full, carried = first, 0
         for s in later:
-            assert carried_from(s) == first.mono_ns          # says how old its values are
-            assert s.cgroup.stat == first.cgroup.stat and s.processes == first.processes
-            assert s.cgroup.current_bytes == first.cgroup.current_bytes    # the counter is read every tick
+            if s.cgroup.current_bytes != full.cgroup.current_bytes:    # the counter is read every tick
+                assert carried_from(s) is None
+                full = s
+                continue
+            carried += 1
+            assert carried_from(s) == full.mono_ns            # says how old its values are
+            assert s.cgroup.stat == full.cgroup.stat and s.processes == full.processes
+        assert carried >= 3 and smp.full_reads == 1 + 5 - carried
     with cls(cgroup=cg.path, version=cg.version) as smp:                   # off: every tick reads
         [smp.sample() for _ in range(3)]
         assert smp.full_reads == 3
