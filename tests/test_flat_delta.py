@@ -11,6 +11,7 @@ import time
 import pytest
 
 from livecg import MiB, LiveCgroup, fresh_file
+from test_flight import in_process, run_busy
 from test_psi import cg  # noqa: F401 - the live cgroup fixture
 from spark_memprobe.recording import Recording, flatten
 from spark_memprobe.sources.sampler import native_available, open_preads, open_sampler
@@ -37,23 +38,32 @@ def drive(cg: LiveCgroup, path: str, i: int) -> None:
         os.close(fd)
 
 
+def delta_ticks(sampler, n: int, before_each):
+    """n ticks of a FlatDelta over sampler, before_each(i) ahead of each: every tick the delta
+    makes must equal the whole sample built from the same C read, and what it says changed must
+    be those values; a tick it leaves whole is rebased as the flight recorder's whole tick does.
+    Returns (the delta, its ticks, the paths that moved)."""
+    d = whole(sampler, None)
+    fast, moved = 0, set()
+    for i in range(n):
+        before_each(i)
+        changed = d.step()
+        if changed is None:
+            whole(sampler, d)
+            continue
+        fast += 1
+        assert d.flat == flatten(sampler.to_sample(sampler.last_c))       # the same C read, built whole
+        assert {p: d.flat[p] for p in changed} == changed
+        moved |= changed.keys()
+    return d, fast, moved
+
+
 def test_a_busy_cgroups_delta_is_its_whole_sample(cg, tmp_path):
     cg.start_child()
     path = fresh_file(str(tmp_path), MiB)
     s = open_sampler(cgroup=cg.path, version=cg.version, pids=[cg.child.pid], host_files=False, stat_max_age_s=30.0)
     try:
-        d = whole(s, None)
-        fast, moved = 0, set()
-        for i in range(24):
-            drive(cg, path, i)
-            changed = d.step()
-            if changed is None:
-                whole(s, d)
-                continue
-            fast += 1
-            assert d.flat == flatten(s.to_sample(s.last_c))       # the same C read, built whole
-            assert {p: d.flat[p] for p in changed} == changed
-            moved |= changed.keys()
+        d, fast, moved = delta_ticks(s, 24, lambda i: drive(cg, path, i))
     finally:
         s.close()
     assert fast >= 16, f"only {fast} of 24 ticks from the delta ({d.wholes} whole)"
@@ -64,17 +74,7 @@ def test_a_busy_cgroups_delta_is_its_whole_sample(cg, tmp_path):
 def test_the_hosts_delta_is_its_whole_sample():
     s = open_sampler()
     try:
-        d = whole(s, None)
-        fast, moved = 0, set()
-        for _ in range(10):
-            time.sleep(0.05)
-            changed = d.step()
-            if changed is None:
-                whole(s, d)
-                continue
-            fast += 1
-            moved |= changed.keys()
-            assert d.flat == flatten(s.to_sample(s.last_c))
+        _d, fast, moved = delta_ticks(s, 10, lambda i: time.sleep(0.05))
     finally:
         s.close()
     assert fast >= 8
@@ -139,7 +139,7 @@ def test_a_process_or_child_cgroup_that_appears_is_seen_in_c(cg):
 
 
 def test_preads_read_each_file_and_say_which_failed(tmp_path):
-    from spark_memprobe.feed.flight import ring_text
+    from spark_memprobe.feed.flight import ring_texts
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"12345\n")
     b.write_bytes(b"x" * 100)
@@ -149,8 +149,9 @@ def test_preads_read_each_file_and_say_which_failed(tmp_path):
         blob, lens = open_preads([fa, bad, fb], [32, 32, 64]).read()
         assert lens == [6, -21, 64]
         entry = (0, 0, blob, lens, {"a": 0, "dir": 1, "b": 2})
-        assert ring_text(entry, "a") == b"12345\n" and ring_text(entry, "b") == b"x" * 64
-        assert ring_text(entry, "dir") is None and ring_text(entry, "none") is None
+        texts = ring_texts(entry)
+        assert texts["a"] == b"12345\n" and texts["b"] == b"x" * 64
+        assert texts["dir"] is None and texts.get("none") is None
     finally:
         for fd in (fa, fb, bad):
             os.close(fd)
@@ -161,22 +162,12 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
     way, the base file decodes to exactly the samples it kept, and an event file opened after
     them holds those samples with the host's vmstat in place of VMSTAT_NOTE."""
     from spark_memprobe.analysis.flight import flight_files
-    from spark_memprobe.feed.flight import HOST, LIGHT_NOTE, VMSTAT_NOTE, FlightOptions, FlightRecorder
-    from spark_memprobe.feed.multi import TargetSet
+    from spark_memprobe.feed.flight import HOST, LIGHT_NOTE, VMSTAT_NOTE
     cg.start_child()
     path = fresh_file(str(tmp_path), MiB)
-    ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{cg.path}"], False, 5.0, 0.9, lambda k, m: None,
-                   lambda stage, e: None)
-    fr = FlightRecorder(FlightOptions(directory=str(tmp_path / "flight"), psi_stall_us=None), ts, lambda m: None)
+    fr = in_process(str(tmp_path / "flight"), [cg])
     try:
-        i = 0
-        end = time.monotonic() + 6
-        while time.monotonic() < end:
-            if fr.n_fast % 10 == 5:
-                drive(cg, path, i)
-                i += 1
-            fr.tick()
-            time.sleep(0.1)
+        run_busy(fr, cg, path, 6)
         tr = next(t for k, t in fr.tracks.items() if k != HOST)
         assert tr.delta is not None and tr.delta.flat is not None, "the target's base ticks never went the delta way"
         kept = [e[2] for e in tr.full]

@@ -50,6 +50,27 @@ def base_files(d: str, who: str) -> list:
     return [f for f in flight_files(d) if f.kind == "base" and re.fullmatch(re.escape(who) + r"(-[0-9]+)?", f.rest)]
 
 
+def in_process(d: str, cgs: list, log=lambda m: None, **opts):
+    """The flight recorder over live cgroups as `record --dir d --psi-stall off cgroup:...` builds
+    it, ticked by the test itself."""
+    from spark_memprobe.feed.flight import FlightOptions, FlightRecorder
+    from spark_memprobe.feed.multi import TargetSet
+    ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{c.path}" for c in cgs], False, 5.0, 0.9, lambda k, m: None,
+                   lambda stage, e: None)
+    return FlightRecorder(FlightOptions(directory=d, psi_stall_us=None, **opts), ts, log)
+
+
+def run_busy(fr, cg: LiveCgroup, path: str, seconds: float) -> None:
+    """Tick fr every 100 ms for `seconds`; once a second, while its child lives, the cgroup's usage
+    moves (path read into its page cache and 1 MiB more anonymous memory, in turns)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if fr.n_fast % 10 == 5 and cg.child is not None and cg.child.poll() is None:
+            cg.do(f"read {path}" if fr.n_fast % 20 == 5 else f"anon {MiB}")
+        fr.tick()
+        time.sleep(0.1)
+
+
 def test_oom_kill_is_recorded_at_100ms_and_reported(cg, tmp_path):
     d = str(tmp_path / "flight")
     cg.start_child()
@@ -271,15 +292,11 @@ def test_a_targets_window_that_outlives_the_hosts_still_has_the_host_files(tmp_p
     100 ms samples take the host's of the same tick. A failed charge ("max") opens a target's
     window without extending the host's, so the target's can outlive it: its samples then read
     the host's files themselves."""
-    from spark_memprobe.feed.flight import HOST, FlightOptions, FlightRecorder
-    from spark_memprobe.feed.multi import TargetSet
+    from spark_memprobe.feed.flight import HOST
     a, b = LiveCgroup(), LiveCgroup()
     fr = None
     try:
-        ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{a.path}", f"cgroup:{b.path}"], False, 5.0, 0.9,
-                       lambda k, m: None, lambda stage, e: None)
-        fr = FlightRecorder(FlightOptions(directory=str(tmp_path / "flight"), after_s=0.6, psi_stall_us=None),
-                            ts, lambda m: None)
+        fr = in_process(str(tmp_path / "flight"), [a, b], after_s=0.6)
         for _ in range(3):
             fr.tick()
             time.sleep(0.1)
@@ -311,22 +328,15 @@ def test_report_last_and_at_cut_a_targets_base_files(cg, tmp_path, capsys):
     """`report DIR --last D` / `--at T` cut a target's base files (written by delta ticks: the
     usage moves every second) into one recording and report it; the target is named as `record`
     was given it or as the files name it; one that is not there is a one-line error."""
-    from spark_memprobe.feed.flight import FlightOptions, FlightRecorder, slug
-    from spark_memprobe.feed.multi import TargetSet
+    from spark_memprobe.feed.flight import slug
     cg.start_child()
     f = fresh_file(str(tmp_path), MiB)
     d = str(tmp_path / "flight")
     target = f"cgroup:{cg.path}"
-    ts = TargetSet("/proc", "/sys/fs/cgroup", [target], False, 5.0, 0.9, lambda k, m: None, lambda stage, e: None)
-    fr = FlightRecorder(FlightOptions(directory=d, psi_stall_us=None), ts, lambda m: None)
+    fr = in_process(d, [cg])
     start = time.time()
     try:
-        end = time.monotonic() + 5
-        while time.monotonic() < end:
-            if fr.n_fast % 10 == 5:
-                cg.do(f"read {f}" if fr.n_fast % 20 == 5 else f"anon {MiB}")
-            fr.tick()
-            time.sleep(0.1)
+        run_busy(fr, cg, f, 5)
     finally:
         fr.close()
     capsys.readouterr()
@@ -349,25 +359,15 @@ def test_a_restart_and_an_exit_under_delta_ticks_are_triggers(tmp_path):
     `restart`, follows the new cgroup (its base ticks go the delta way again, with the new
     sampler), then says `exit` (a TARGET given by name used to stay followed, silent, once its
     cgroup was gone: the Follower's "ended" was dropped) and its base file says how it ended."""
-    from spark_memprobe.feed.flight import FlightOptions, FlightRecorder
-    from spark_memprobe.feed.multi import TargetSet
     from livecg import remove_cgroup_dir
     cg = LiveCgroup()
     cg.start_child()
     f = fresh_file(str(tmp_path), MiB)
     lines: list[str] = []
-    ts = TargetSet("/proc", "/sys/fs/cgroup", [f"cgroup:{cg.path}"], False, 5.0, 0.9, lambda k, m: None,
-                   lambda stage, e: None)
-    fr = FlightRecorder(FlightOptions(directory=str(tmp_path / "flight"), psi_stall_us=None, after_s=0.5), ts,
-                        lines.append)
+    fr = in_process(str(tmp_path / "flight"), [cg], lines.append, after_s=0.5)
 
     def run(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if fr.n_fast % 10 == 5 and cg.child is not None and cg.child.poll() is None:
-                cg.do(f"read {f}" if fr.n_fast % 20 == 5 else f"anon {MiB}")
-            fr.tick()
-            time.sleep(0.1)
+        run_busy(fr, cg, f, seconds)
 
     def track():
         return next(t for k, t in fr.tracks.items() if t.label == f"cgroup:{cg.path}")

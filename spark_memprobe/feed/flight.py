@@ -162,14 +162,17 @@ def expired(files: list[tuple[str, float, int]], now_wall: float, retain_s: Opti
     return out
 
 
-def ring_text(entry: tuple, key: str) -> Optional[bytes]:
-    """The text of /proc/meminfo (key HOST) or of a target's usage counter in a ring entry;
-    None when it was not read or the read failed (kernfs answers ENODEV once a cgroup is gone)."""
-    i = entry[4].get(key)
-    if i is None or entry[3][i] < 0:
-        return None
-    at = sum(n for n in entry[3][:i] if n > 0)
-    return entry[2][at:at + entry[3][i]]
+def ring_texts(entry: tuple) -> dict[str, Optional[bytes]]:
+    """The texts of a ring entry by key: /proc/meminfo (HOST) and each target's usage counter;
+    None where the read failed (kernfs answers ENODEV once a cgroup is gone). One pass: a base
+    tick wants every target's. Its keys map to read order (_ring_reads builds them so)."""
+    out, at = {}, 0
+    texts, lens = entry[2], entry[3]
+    for key, i in entry[4].items():
+        n = lens[i]
+        out[key] = texts[at:at + n] if n >= 0 else None
+        at += max(n, 0)
+    return out
 
 
 def event_flat(flat: dict, vmstat: Optional[dict]) -> dict:
@@ -253,7 +256,7 @@ class FlightRecorder:
         self.kernel = HostKernel(proc)
         self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
         # per 100 ms: (mono_ns, wall_ns, texts, lens, keys) of one mp_pread_many of /proc/meminfo and
-        # every usage counter (ring_text reads one back)
+        # every usage counter (ring_texts reads them back)
         self.ring: collections.deque = collections.deque(maxlen=max(1, int(opts.ring_s / opts.fast_s)))
         self.reads = None                            # those reads; None: to be set up again
         self.ring_keys: dict[str, int] = {}
@@ -355,7 +358,8 @@ class FlightRecorder:
 
     def _light(self, tr: Track, entry) -> Optional[Sample]:
         mono, wall = entry[0], entry[1]
-        meminfo_raw, usage_raw = ring_text(entry, HOST), ring_text(entry, tr.key)
+        texts = ring_texts(entry)
+        meminfo_raw, usage_raw = texts[HOST], texts.get(tr.key)
         notes = [LIGHT_NOTE]
         meminfo = None
         if meminfo_raw is not None:
@@ -365,7 +369,7 @@ class FlightRecorder:
                 notes.append(f"{self.meminfo.path}: {e.reason}")
         if tr.key == HOST:
             return Sample(mono_ns=mono, wall_ns=wall, meminfo=meminfo, notes=notes)
-        if tr.key not in entry[4] or not tr.full:
+        if tr.key not in texts or not tr.full:
             return None
         last = tr.full[-1][2]
         cgs = CgroupSample(path=last["cgroup/path"], version=last["cgroup/version"],
@@ -476,14 +480,15 @@ class FlightRecorder:
             self._ring_reads()
         entry = (mono, wall, *self.reads.read(), self.ring_keys)
         self.ring.append(entry)
+        texts = ring_texts(entry) if base or self.o.available_below_bytes is not None else {}
         if self.o.available_below_bytes is not None:
-            self._available(ring_text(entry, HOST))
+            self._available(texts[HOST])
         # between base ticks only a track in a trigger window has anything to do
         for tr in list(self.tracks.values()) if base else [t for t in self.tracks.values() if t.event is not None]:
             if tr.event is not None and now >= tr.event_until:
                 self._close(tr.event)
                 tr.event = None
-            usage = ring_text(entry, tr.key) if base else None
+            usage = texts.get(tr.key)
             fast = False
             if tr.event is not None or (base and self._due(tr, usage, now)):
                 fast = self._sample(tr, base, usage, now)
