@@ -634,13 +634,12 @@ class FlightRecorder:
         if tr.key == HOST:
             if now - self.kernel_at >= KERNEL_EVERY_S:
                 return False                   # the whole path reads the kernel's files too
-            paths = (list(self.host_flat), list(self.host_vmstat))
             changed = d.step()
             if changed is None:
                 return False
             flat = d.flat
-            self.host_flat = {p: flat[p] for p in paths[0]}
-            self.host_vmstat = {p: flat[p] for p in paths[1]}
+            self.host_flat = {p: flat[p] for p in self.host_flat}       # the same paths: the delta kept its shape
+            self.host_vmstat = {p: flat[p] for p in self.host_vmstat}
         else:
             if tr.host_gen != self.host_gen or tr.watched.follower.sampler is not d.sampler:
                 d.flat = None
