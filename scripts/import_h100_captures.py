@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Copy the real H100 captures from ../shared/fixtures into tests/fixtures as root trees.
+"""Copy raw captures from an H100 host (a folder holding h100-cgroup2-scenario and
+h100-inference-scenario, each with its README.md) into tests/fixtures as root trees.
 
 The readers take roots (proc=..., cgroup_root=...), so each step becomes
     steps/NN/proc/{meminfo,vmstat,<pid>/{status,smaps_rollup,cgroup,maps}}
@@ -7,14 +8,16 @@ The readers take roots (proc=..., cgroup_root=...), so each step becomes
     steps/NN/{nvml.json,nvidia-smi.xml,cuda_meminfo.json,engine.json}
 File contents are copied byte for byte; only the places change. Nothing is invented:
 cgroup.procs exists only where it was captured.
-Usage: scripts/import_shared_fixtures.py [SHARED_FIXTURES] [DEST]
+Usage: scripts/import_h100_captures.py CAPTURES [DEST]
 """
 import os
 import re
 import shutil
 import sys
 
-SRC = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "../../shared/fixtures")
+if len(sys.argv) < 2:
+    raise SystemExit("usage: scripts/import_h100_captures.py CAPTURES [DEST]")
+SRC = sys.argv[1]
 DST = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(__file__), "../tests/fixtures")
 STEP_FILES = {"nvml.json", "nvidia-smi.xml", "cuda_meminfo.json", "engine.json"}
 
@@ -80,7 +83,7 @@ def main():
                               os.path.join(SRC, a, "root.cgroup.controllers"))
     for name in (a, b):
         with open(os.path.join(DST, name, "IMPORTED.md"), "w") as f:
-            f.write(f"Imported from shared/fixtures/{name} by scripts/import_shared_fixtures.py: files copied\n"
+            f.write(f"Imported from the capture {name} (README.md here) by scripts/import_h100_captures.py: files copied\n"
                     "byte for byte into a proc/ and cgroup/ root tree per step (see the script's docstring).\n"
                     + ("cgroup/cgroup.controllers of each step is the root.cgroup.controllers of\n"
                        "h100-cgroup2-scenario (same host, same boot). The captured cgroup/engine/ folder is\n"
