@@ -172,6 +172,23 @@ int mp_procs_mark(struct mp_target *t);
  * descriptors, up to caps[i] bytes, the texts one after another in buf; lens[i] is the bytes
  * read or -errno (-ENOSPC: buf was full).  Returns the bytes used in buf. */
 int64_t mp_pread_many(const int *fds, const int32_t *caps, int n, char *buf, int64_t buflen, int32_t *lens);
+
+/* The same reads every interval_ns in a thread of its own (csrc/ring.c), kept in the last `slots`
+ * entries, numbered from 1: Python wakes once a base period instead of ten times a second.  The
+ * descriptors are duplicated: the caller may close its own.  avail_below_bytes > 0: fds[0] is
+ * /proc/meminfo, and each time its MemAvailable falls below that (from at or above it; `low`
+ * says where it starts) the thread adds 1 to the eventfd notify_fd.  *err: 0 or -errno. */
+struct mp_ring;
+struct mp_ring *mp_ring_start(const int *fds, const int32_t *caps, int n, int64_t interval_ns, int slots,
+                              int64_t avail_below_bytes, int low, int notify_fd, int *err);
+/* The entries after number `after`, oldest first, up to max: each one's number, times, bytes
+ * (its texts one after another in buf) and n lens (as mp_pread_many's).  Returns how many were
+ * copied, or -ENOSPC when buf cannot hold the first. */
+int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int64_t *mono, int64_t *wall,
+                 int64_t *used, char *buf, int64_t buflen, int32_t *lens);
+int64_t mp_ring_avail(struct mp_ring *r);      /* the last MemAvailable read, bytes; -1: none */
+int mp_ring_low(struct mp_ring *r);            /* below avail_below_bytes at the last read */
+void mp_ring_stop(struct mp_ring *r);          /* joins the thread, closes its descriptors, frees */
 int64_t mp_sampler_cpu_ns(struct mp_target *t);
 
 /* Parse one buffer with the kv grammar into a fresh key table: used by the parity

@@ -104,7 +104,13 @@ def run_flight(args) -> int:
     try:
         while True:
             fr.tick()
-            fr.wait(tick.next())
+            step = fr.step_s()                  # to the next base tick while the C ring reads, else 100 ms
+            left = tick.next()
+            while left < step - opts.fast_s / 2:
+                left = tick.next()              # the deadlines stay on the 100 ms grid: no drift
+            fr.wait(left)
+            if fr.step_s() < step:
+                tick.restart()                  # a trigger opened a window: 100 ms ticks from now
     except KeyboardInterrupt:
         log("stopping")
     finally:

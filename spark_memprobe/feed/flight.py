@@ -45,7 +45,7 @@ from ..sources.capabilities import checks_to_dicts, run_checks
 from ..sources.parse import MalformedFile
 from ..sources.procfs import checked_kv, meminfo_from_kv
 from ..sources.psi import EventsWatch, PsiTrigger, Reread, usage_from_raw
-from ..sources.sampler import open_preads, open_sampler
+from ..sources.sampler import open_preads, open_ring, open_sampler
 from ..sources.targets.resolver import target_to_dict
 from .context import STAT_MAX_AGE_S, HostKernel
 from .flat_delta import FlatDelta
@@ -60,6 +60,7 @@ LIGHT_NOTE = "flight ring: 100 ms sample of memory.current and host meminfo only
 VMSTAT_NOTE = "host /proc/vmstat: in this directory's host base file (flight-base-*-host.db)"
 KERNEL_EVERY_S = 10.0      # zoneinfo, buddyinfo, PSI read this often outside a window (1 ms a read here)
 HOST = "host"
+RING_FELL = "ring"          # by_fd's object for the C ring's eventfd
 MEMINFO_CAP = 16384         # /proc/meminfo is one seq_file record (~1.5 KiB): one pread reads it whole
 
 
@@ -256,10 +257,17 @@ class FlightRecorder:
         self.kernel = HostKernel(proc)
         self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
         # per 100 ms: (mono_ns, wall_ns, texts, lens, keys) of one mp_pread_many of /proc/meminfo and
-        # every usage counter (ring_texts reads them back)
-        self.ring: collections.deque = collections.deque(maxlen=max(1, int(opts.ring_s / opts.fast_s)))
+        # every usage counter (ring_texts reads them back), the last ring_s of them, in time order
+        self.ring: collections.deque = collections.deque()
         self.reads = None                            # those reads; None: to be set up again
         self.ring_keys: dict[str, int] = {}
+        self.ring_fds: tuple[list[int], list[int]] = ([], [])
+        # outside trigger windows a C thread does those reads (sources/native.py NativeRing) and
+        # tick() runs once a base period; inside one, tick() reads every fast_s itself
+        self.cring = None
+        self.cring_keys: dict[str, int] = {}
+        self.cring_error: Optional[str] = None
+        self.ring_efd = -1                           # the C ring's "MemAvailable fell" eventfd
         self.poller = select.poll()
         self.by_fd: dict[int, tuple[Track, object]] = {}
         self.host_psi: Optional[PsiTrigger] = None
@@ -268,6 +276,10 @@ class FlightRecorder:
             # host's /proc/pressure/memory is the one PSI there is (docs/flight-recorder.md)
             self.host_psi = self._psi(f"{proc}/pressure/memory", self.tracks[HOST])
         self.low = False
+        if opts.available_below_bytes is not None:
+            self.ring_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.poller.register(self.ring_efd, select.POLLIN)
+            self.by_fd[self.ring_efd] = (self.tracks[HOST], RING_FELL)
         self.last_base = float("-inf")
         self.last_retention = float("-inf")
         self.n_fast = 0
@@ -311,6 +323,22 @@ class FlightRecorder:
                     tr.psi = None
             elif isinstance(obj, EventsWatch):
                 self._events(tr)
+            elif obj is RING_FELL and self._fell() and self.cring is not None:
+                self._available_low(self.cring.available_bytes())      # the thread saw it fall: no self.low
+
+    def step_s(self) -> float:
+        """How long the caller may wait for the next tick: until the next base tick while the C
+        ring reads, else fast_s."""
+        if self.cring is None:
+            return self.o.fast_s
+        return max(self.o.fast_s, self.last_base + self.o.base_s - time.monotonic())
+
+    def _fell(self) -> bool:
+        """Did the C ring say MemAvailable fell (since this was last asked)?"""
+        try:
+            return os.eventfd_read(self.ring_efd) > 0
+        except BlockingIOError:
+            return False
 
     def _events(self, tr: Track) -> None:
         grew = tr.watch.changes()
@@ -326,6 +354,7 @@ class FlightRecorder:
         the host and every target for a host-wide one. A failed charge ("max") opens a window
         but never extends one: a cgroup living at its limit would record at 100 ms for ever."""
         now = time.monotonic()
+        self._cring_stop()                     # a window: 100 ms ticks of our own, the ring's entries kept
         value = {"kind": kind, "message": message, "target": tr.key, "label": tr.label,
                  "wall_ns": time.time_ns(), "facts": facts or {}}
         self.log(f"trigger {kind}: {message}")
@@ -478,11 +507,15 @@ class FlightRecorder:
         self.host_now = None
         if self.reads is None:
             self._ring_reads()
-        entry = (mono, wall, *self.reads.read(), self.ring_keys)
-        self.ring.append(entry)
-        texts = ring_texts(entry) if base or self.o.available_below_bytes is not None else {}
-        if self.o.available_below_bytes is not None:
-            self._available(texts[HOST])
+        texts: dict = {}
+        if self.cring is not None:
+            self._cring_take()
+        if base or self.cring is None:
+            entry = (mono, wall, *self.reads.read(), self.ring_keys)
+            self._ring_add(entry)
+            texts = ring_texts(entry) if base or self.o.available_below_bytes is not None else {}
+            if self.o.available_below_bytes is not None and self.cring is None:
+                self._available(texts[HOST])
         # between base ticks only a track in a trigger window has anything to do
         for tr in list(self.tracks.values()) if base else [t for t in self.tracks.values() if t.event is not None]:
             if tr.event is not None and now >= tr.event_until:
@@ -506,6 +539,7 @@ class FlightRecorder:
             if now - self.last_retention >= 60 or self.n_fast == 0:
                 self.last_retention = now
                 self.retention()
+        self._cring_sync()
         self.n_fast += 1
 
     def _due(self, tr: Track, usage_raw: Optional[bytes], now: float) -> bool:
@@ -526,8 +560,14 @@ class FlightRecorder:
             return
         low = avail < limit
         if low and not self.low:
-            self.trigger("available", self.tracks[HOST], f"MemAvailable {avail >> 20} MiB < {limit >> 20} MiB")
+            self._available_low(avail)
         self.low = low
+
+    def _available_low(self, avail: Optional[int]) -> None:
+        self.low = True
+        said = "?" if avail is None else f"{avail >> 20}"
+        self.trigger("available", self.tracks[HOST],
+                     f"MemAvailable {said} MiB < {self.o.available_below_bytes >> 20} MiB")
 
     def _sample(self, tr: Track, base: bool, usage_raw: Optional[bytes], now: float) -> bool:
         """Sample a track; True when it was a base tick from what changed (_base_delta)."""
@@ -587,6 +627,7 @@ class FlightRecorder:
         return flat is not None and all(last.get(k) == flat.get(f"cgroup/events/{k}") for k in ("max", "oom_kill"))
 
     def _ring_reads(self) -> None:
+        self._cring_stop()                     # its descriptors are the old set's
         keys, fds, caps = [HOST], [self.meminfo.fd], [MEMINFO_CAP]
         for k, t in self.tracks.items():
             if t.watch is not None:
@@ -595,6 +636,43 @@ class FlightRecorder:
                 caps.append(32)
         self.reads = open_preads(fds, caps)
         self.ring_keys = {k: i for i, k in enumerate(keys)}
+        self.ring_fds = (fds, caps)
+
+    def _ring_add(self, entry: tuple) -> None:
+        if self.ring and entry[0] <= self.ring[-1][0]:
+            return            # the C ring's read from before the base tick's own, taken after it
+        self.ring.append(entry)
+        while entry[0] - self.ring[0][0] > self.o.ring_s * 1e9:
+            self.ring.popleft()
+
+    def _cring_take(self) -> None:
+        for mono, wall, texts, lens in self.cring.take():
+            self._ring_add((mono, wall, texts, lens, self.cring_keys))
+
+    def _cring_sync(self) -> None:
+        """The C ring runs while no window is open (and the base period is a few fast ticks)."""
+        want = self.o.base_s >= 2 * self.o.fast_s and all(t.event is None for t in self.tracks.values())
+        if not want:
+            self._cring_stop()
+        elif self.cring is None and self.cring_error is None and self.reads is not None:
+            try:
+                self.cring = open_ring(*self.ring_fds, self.o.fast_s, int(self.o.ring_s / self.o.fast_s) + 1,
+                                       avail_below_bytes=self.o.available_below_bytes, low=self.low,
+                                       notify_fd=self.ring_efd)
+            except OSError as e:
+                self.cring_error = str(e)
+                self.log(f"{e}: the ring is read by the recorder's own 100 ms ticks")
+            self.cring_keys = self.ring_keys
+
+    def _cring_stop(self) -> None:
+        if self.cring is None:
+            return
+        self._cring_take()
+        self.low = self.cring.low
+        if self.ring_efd >= 0 and self._fell():
+            self.low = False                   # a fall not handled yet: the next own read judges it
+        self.cring.stop()
+        self.cring = None
 
     def _host_parts(self, meminfo: dict, vmstat: dict) -> None:
         if meminfo.keys() != self.host_flat.keys():
@@ -723,6 +801,10 @@ class FlightRecorder:
         self._close(host.base)
         self._close(host.event)
         self._unregister(self.host_psi)
+        self._cring_stop()
+        if self.ring_efd >= 0:
+            self.poller.unregister(self.ring_efd)
+            os.close(self.ring_efd)
         self.ts.close()
         self.host_sampler.close()
         self.fast.close()

@@ -423,3 +423,58 @@ class NativePreads:
     def read(self) -> tuple[bytes, list[int]]:
         used = lib.mp_pread_many(self._fds, self._caps, self.n, self._buf, self._len, self._lens)
         return ffi.buffer(self._buf, used)[:], ffi.unpack(self._lens, self.n)
+
+
+class NativeRing:
+    """NativePreads' reads every interval_s in a C thread (csrc/memprobe.h mp_ring_start), the
+    last `slots` kept there; take() returns those not taken yet. avail_below_bytes: fds[0] is
+    /proc/meminfo and notify_fd (an eventfd) counts each fall of its MemAvailable below that."""
+
+    TAKE_MAX = 64
+
+    def __init__(self, fds: list[int], caps: list[int], interval_s: float, slots: int,
+                 avail_below_bytes: Optional[int] = None, low: bool = False, notify_fd: int = -1):
+        self.n = len(fds)
+        err = ffi.new("int *")
+        r = lib.mp_ring_start(ffi.new("int[]", fds), ffi.new("int32_t[]", caps), self.n, int(interval_s * 1e9),
+                              slots, avail_below_bytes or 0, int(low), notify_fd, err)
+        if r == ffi.NULL:
+            raise OSError(-err[0], f"flight ring: {os.strerror(-err[0])}")
+        self.r = r
+        self.after = 0
+        m = self.TAKE_MAX
+        self._seq, self._mono = ffi.new("uint64_t[]", m), ffi.new("int64_t[]", m)
+        self._wall, self._used = ffi.new("int64_t[]", m), ffi.new("int64_t[]", m)
+        self._buflen = sum(caps) * m
+        self._buf = ffi.new("char[]", max(1, self._buflen))
+        self._lens = ffi.new("int32_t[]", max(1, self.n * m))
+
+    def take(self) -> list[tuple[int, int, bytes, list[int]]]:
+        """(mono_ns, wall_ns, texts, lens) of each entry read since the last take, oldest first
+        (entries the thread overwrote before they were taken are gone)."""
+        out: list[tuple[int, int, bytes, list[int]]] = []
+        while True:
+            got = lib.mp_ring_copy(self.r, self.after, self.TAKE_MAX, self._seq, self._mono, self._wall, self._used,
+                                   self._buf, self._buflen, self._lens)
+            if got <= 0:
+                return out
+            at = 0
+            for i in range(got):
+                used = self._used[i]
+                out.append((self._mono[i], self._wall[i], ffi.buffer(self._buf + at, used)[:],
+                            ffi.unpack(self._lens + i * self.n, self.n)))
+                at += used
+            self.after = self._seq[got - 1]
+
+    @property
+    def low(self) -> bool:
+        return bool(lib.mp_ring_low(self.r))
+
+    def available_bytes(self) -> Optional[int]:
+        v = lib.mp_ring_avail(self.r)
+        return None if v < 0 else v
+
+    def stop(self) -> None:
+        if self.r is not None:
+            lib.mp_ring_stop(self.r)
+            self.r = None

@@ -223,3 +223,12 @@ def open_preads(fds: list[int], caps: list[int]):
         from .native import NativePreads
         return NativePreads(fds, caps)
     return PurePreads(fds, caps)
+
+
+def open_ring(fds: list[int], caps: list[int], interval_s: float, slots: int, **kw):
+    """open_preads' reads every interval_s in a C thread (sources/native.py NativeRing); None
+    without the extension (the caller reads on its own then)."""
+    if not native_available()[0]:
+        return None
+    from .native import NativeRing
+    return NativeRing(fds, caps, interval_s, slots, **kw)
