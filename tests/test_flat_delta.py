@@ -171,6 +171,7 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
         tr = next(t for k, t in fr.tracks.items() if k != HOST)
         assert tr.delta is not None and tr.delta.flat is not None, "the target's base ticks never went the delta way"
         kept = [e[2] for e in tr.full]
+        hosts = [e[2] for e in fr.tracks[HOST].full]
         fr.trigger("psi", tr, "test: an event after the delta ticks")
         fr.tick()
     finally:
@@ -182,6 +183,12 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
     assert len(kept) >= 5 and len(read) in (len(kept), len(kept) + 1)     # the tick after the trigger may be a base one
     assert read[:len(kept)] == kept
     assert len({r["cgroup/current_bytes"] for r in read}) >= 3
+    # each kept sample holds the host's meminfo of its own tick (a delta takes only what moved in it)
+    mem = [{p: v for p, v in f.items() if p.startswith("meminfo/")} for f in kept]
+    assert len({m["meminfo/bytes/MemFree"] for m in mem}) >= 2
+    for f, m in zip(kept, mem):
+        h = [h for h in hosts if h["mono_ns"] <= f["mono_ns"]][-1]
+        assert m == {p: v for p, v in h.items() if p.startswith("meminfo/")}
     [ev] = [f for f in flight_files(str(tmp_path / "flight")) if f.kind == "event" and f.rest != "psi-host"]
     with Recording(ev.path) as rec:
         full = [s for s in rec.samples() if LIGHT_NOTE not in s.notes]

@@ -61,6 +61,7 @@ VMSTAT_NOTE = "host /proc/vmstat: in this directory's host base file (flight-bas
 KERNEL_EVERY_S = 10.0      # zoneinfo, buddyinfo, PSI read this often outside a window (1 ms a read here)
 HOST = "host"
 RING_FELL = "ring"          # by_fd's object for the C ring's eventfd
+_NONE = object()
 MEMINFO_CAP = 16384         # /proc/meminfo is one seq_file record (~1.5 KiB): one pread reads it whole
 
 
@@ -232,6 +233,7 @@ class Track:
         self.full: collections.deque = collections.deque()
         self.delta: Optional[FlatDelta] = None       # base ticks from what C says changed
         self.host_gen = -1                           # FlightRecorder.host_gen at its last whole tick
+        self.host_tick = -1                          # FlightRecorder.host_tick its flat's meminfo is from
         self.full_usage: Optional[bytes] = None      # usage counter text at the last whole base sample
         self.full_at = float("-inf")
         self.watch: Optional[EventsWatch] = None
@@ -253,6 +255,8 @@ class FlightRecorder:
         self.host_now: Optional[Sample] = None       # the host's sample of this tick, if it has one
         self.host_flat: dict = {}                    # the meminfo of the last base one, flattened
         self.host_gen = 0                            # counts changes of host_flat's paths
+        self.host_tick = 0                           # counts host_flat's readings
+        self.host_moved: dict = {}                   # what moved in host_flat at its last reading
         self.host_vmstat: dict = {}                  # and its vmstat, flattened
         self.kernel = HostKernel(proc)
         self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
@@ -677,6 +681,9 @@ class FlightRecorder:
     def _host_parts(self, meminfo: dict, vmstat: dict) -> None:
         if meminfo.keys() != self.host_flat.keys():
             self.host_gen += 1                 # the targets' kept samples no longer have these paths
+        old = self.host_flat
+        self.host_moved = {p: v for p, v in meminfo.items() if old.get(p, _NONE) != v}
+        self.host_tick += 1
         self.host_flat, self.host_vmstat = meminfo, vmstat
 
     def _keep(self, tr: Track, mono_ns: int, wall_ns: int, flat: dict) -> None:
@@ -701,7 +708,7 @@ class FlightRecorder:
             tr.delta = None                  # in a window (not marked), or a restart opened a new sampler
         if tr.delta is not None:
             tr.delta.rebase(flat, tr.delta.sampler.last_c)
-            tr.host_gen = self.host_gen
+            tr.host_gen, tr.host_tick = self.host_gen, self.host_tick
 
     def _base_delta(self, tr: Track, now: float) -> bool:
         """A base tick from what changed since the last one (feed/flat_delta.py): True when done;
@@ -716,8 +723,8 @@ class FlightRecorder:
             if changed is None:
                 return False
             flat = d.flat
-            self.host_flat = {p: flat[p] for p in self.host_flat}       # the same paths: the delta kept its shape
-            self.host_vmstat = {p: flat[p] for p in self.host_vmstat}
+            # the same paths: the delta kept its shape
+            self._host_parts({p: flat[p] for p in self.host_flat}, {p: flat[p] for p in self.host_vmstat})
         else:
             if tr.host_gen != self.host_gen or tr.watched.follower.sampler is not d.sampler:
                 d.flat = None
@@ -726,7 +733,12 @@ class FlightRecorder:
             if changed is None:
                 return False
             flat = d.flat
-            host = {p: v for p, v in self.host_flat.items() if flat[p] != v}
+            # the host's meminfo of this tick: what moved since the last one when that is what flat has
+            if tr.host_tick == self.host_tick - 1:
+                host = self.host_moved
+            else:
+                host = {p: v for p, v in self.host_flat.items() if flat[p] != v} if tr.host_tick != self.host_tick else {}
+            tr.host_tick = self.host_tick
             flat.update(host)
             changed.update(host)
         mono, wall = flat["mono_ns"], flat["wall_ns"]
