@@ -108,7 +108,7 @@ def main() -> None:
         for name, root in runs.items():
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "spark_memprobe.cli", "record", "--dir", os.path.join(d, name), "--no-bpf",
-                 *targets], stdout=subprocess.DEVNULL, cwd=root,
+                 *targets], stdout=open(os.path.join(d, f"{name}.log"), "w"), stderr=subprocess.STDOUT, cwd=root,
                 env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])))
         procs["floor"] = subprocess.Popen([sys.executable, __file__, "--floor",
                                            *[f"{cg.dir}:{cg.child.pid}" for cg in cgs]])
@@ -129,6 +129,12 @@ def main() -> None:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0))
         t1 = time.monotonic()
         c1 = {k: cpu_s(p.pid) for k, p in procs.items()}
+        died = {k: p.poll() for k, p in procs.items() if p.poll() is not None}
+        if died:                                        # a zombie's CPU time reads as a cheap run
+            for k in died:
+                if k in runs:
+                    print(open(os.path.join(d, f"{k}.log")).read()[-3000:], file=sys.stderr)
+            raise SystemExit(f"exited during the measured stretch (name: rc): {died}; nothing measured")
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=20)
