@@ -430,7 +430,7 @@ class NativeRing:
     last `slots` kept there; take() returns those not taken yet. avail_below_bytes: fds[0] is
     /proc/meminfo and notify_fd (an eventfd) counts each fall of its MemAvailable below that."""
 
-    TAKE_MAX = 64
+    TAKE_MAX = 16
 
     def __init__(self, fds: list[int], caps: list[int], interval_s: float, slots: int,
                  avail_below_bytes: Optional[int] = None, low: bool = False, notify_fd: int = -1):
