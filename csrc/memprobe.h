@@ -186,8 +186,8 @@ struct mp_ring *mp_ring_start(const int *fds, const int32_t *caps, int n, int64_
  * copied, or -ENOSPC when buf cannot hold the first. */
 int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int64_t *mono, int64_t *wall,
                  int64_t *used, char *buf, int64_t buflen, int32_t *lens);
-int64_t mp_ring_avail(struct mp_ring *r);      /* the last MemAvailable read, bytes; -1: none */
-int mp_ring_low(struct mp_ring *r);            /* below avail_below_bytes at the last read */
+/* The last MemAvailable read, bytes (-1: none); *low: it was below avail_below_bytes. */
+int64_t mp_ring_avail(struct mp_ring *r, int *low);
 void mp_ring_stop(struct mp_ring *r);          /* joins the thread, closes its descriptors, frees */
 int64_t mp_sampler_cpu_ns(struct mp_target *t);
 
@@ -198,5 +198,15 @@ int mp_parse_kv_buffer(const char *buf, int len, char *keys_out, int64_t *vals_o
 int mp_parse_single(const char *buf, int len, int64_t *val);
 int mp_parse_pressure(const char *buf, int len, int64_t *out);
 /* CDEF END */
+
+#include <time.h>
+
+/* A clock in ns (C only: sampler.c, ring.c). */
+static inline int64_t mp_clock_ns(clockid_t c)
+{
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 #endif

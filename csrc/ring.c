@@ -39,13 +39,6 @@ struct mp_ring {
     pthread_cond_t wake;
 };
 
-static int64_t clock_ns(clockid_t c)
-{
-    struct timespec ts;
-    clock_gettime(c, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* MemAvailable of a /proc/meminfo text in bytes, or -1 (fs/proc/meminfo.c prints it in kB). */
 static int64_t mem_available(const char *text, int64_t len)
 {
@@ -65,7 +58,7 @@ static int64_t mem_available(const char *text, int64_t len)
 
 static void ring_read(struct mp_ring *r)
 {
-    int64_t mono = clock_ns(CLOCK_MONOTONIC), wall = clock_ns(CLOCK_REALTIME);
+    int64_t mono = mp_clock_ns(CLOCK_MONOTONIC), wall = mp_clock_ns(CLOCK_REALTIME);
     int64_t used = mp_pread_many(r->fds, r->caps, r->n, r->scratch, r->buflen, r->scratch_lens);
     struct ring_entry *e;
     int64_t avail = r->avail_below > 0 && r->scratch_lens[0] > 0 ? mem_available(r->scratch, r->scratch_lens[0]) : -1;
@@ -106,7 +99,7 @@ static void ring_read(struct mp_ring *r)
 static void *ring_main(void *arg)
 {
     struct mp_ring *r = arg;
-    int64_t next = clock_ns(CLOCK_MONOTONIC) + r->interval_ns;
+    int64_t next = mp_clock_ns(CLOCK_MONOTONIC) + r->interval_ns;
 
     for (;;) {
         struct timespec ts = {next / 1000000000LL, next % 1000000000LL};
@@ -120,8 +113,8 @@ static void *ring_main(void *arg)
         pthread_mutex_unlock(&r->lock);
         ring_read(r);
         next += r->interval_ns;
-        if (next < clock_ns(CLOCK_MONOTONIC))   /* fell behind: on from now, no burst */
-            next = clock_ns(CLOCK_MONOTONIC) + r->interval_ns;
+        if (next < mp_clock_ns(CLOCK_MONOTONIC))   /* fell behind: on from now, no burst */
+            next = mp_clock_ns(CLOCK_MONOTONIC) + r->interval_ns;
     }
 }
 
@@ -241,20 +234,12 @@ int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int6
     return got == 0 && cut ? -ENOSPC : got;
 }
 
-int64_t mp_ring_avail(struct mp_ring *r)
+int64_t mp_ring_avail(struct mp_ring *r, int *low)
 {
     int64_t v;
     pthread_mutex_lock(&r->lock);
     v = r->avail;
-    pthread_mutex_unlock(&r->lock);
-    return v;
-}
-
-int mp_ring_low(struct mp_ring *r)
-{
-    int v;
-    pthread_mutex_lock(&r->lock);
-    v = r->low;
+    *low = r->low;
     pthread_mutex_unlock(&r->lock);
     return v;
 }

@@ -73,13 +73,6 @@ struct mp_target {
     int64_t cpu_ns;
 };
 
-static int64_t now_ns(clockid_t c)
-{
-    struct timespec ts;
-    clock_gettime(c, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static struct mp_kvtable *slot_table(struct mp_target *t, int slot)
 {
     switch (slot) {
@@ -423,8 +416,8 @@ static int sample_into(struct mp_target *t, struct mp_sample *s, int nvml, int s
     int full, n;
 
     pthread_mutex_lock(&t->lock);
-    s->mono_ns = now_ns(CLOCK_MONOTONIC);
-    s->wall_ns = now_ns(CLOCK_REALTIME);
+    s->mono_ns = mp_clock_ns(CLOCK_MONOTONIC);
+    s->wall_ns = mp_clock_ns(CLOCK_REALTIME);
     read_kv(t, MP_SLOT_MEMINFO, s->meminfo, &s->hdr[MP_SLOT_MEMINFO]);
     read_kv(t, MP_SLOT_VMSTAT, s->vmstat, &s->hdr[MP_SLOT_VMSTAT]);
     read_single(t, MP_SLOT_CG_CURRENT, &s->cg_current, &s->hdr[MP_SLOT_CG_CURRENT]);
@@ -474,7 +467,7 @@ static int sample_into(struct mp_target *t, struct mp_sample *s, int nvml, int s
         s->nvml_err = -ENODATA;         /* not read: no NVML, or a ring without MP_RING_NVML */
         s->ngpus = 0;
     }
-    s->read_ns = now_ns(CLOCK_MONOTONIC) - s->mono_ns;
+    s->read_ns = mp_clock_ns(CLOCK_MONOTONIC) - s->mono_ns;
     pthread_mutex_unlock(&t->lock);
     return 0;
 }
@@ -489,7 +482,7 @@ int mp_sample_once(struct mp_target *t, struct mp_sample *s)
 static void *sampler_main(void *arg)
 {
     struct mp_target *t = arg;
-    int64_t next = now_ns(CLOCK_MONOTONIC);
+    int64_t next = mp_clock_ns(CLOCK_MONOTONIC);
 
     for (;;) {
         struct timespec ts;
@@ -508,7 +501,7 @@ static void *sampler_main(void *arg)
         }
         pthread_mutex_unlock(&t->ring_lock);
 
-        c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+        c0 = mp_clock_ns(CLOCK_THREAD_CPUTIME_ID);
         sample_into(t, &t->scratch, t->ring_flags & MP_RING_NVML, 0);
         pthread_mutex_lock(&t->ring_lock);
         {
@@ -521,13 +514,13 @@ static void *sampler_main(void *arg)
             }
             memcpy(&t->ring[slot], &t->scratch, sizeof(t->scratch));
         }
-        c1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+        c1 = mp_clock_ns(CLOCK_THREAD_CPUTIME_ID);
         t->cpu_ns += c1 - c0;
         pthread_mutex_unlock(&t->ring_lock);
 
         next += t->interval_ns;
         {
-            int64_t now = now_ns(CLOCK_MONOTONIC);
+            int64_t now = mp_clock_ns(CLOCK_MONOTONIC);
             if (next < now)            /* fell behind: skip missed ticks rather than burst */
                 next = now;
         }

@@ -328,7 +328,7 @@ class FlightRecorder:
             elif isinstance(obj, EventsWatch):
                 self._events(tr)
             elif obj is RING_FELL and self._fell() and self.cring is not None:
-                self._available_low(self.cring.available_bytes())      # the thread saw it fall: no self.low
+                self._available_low(self.cring.available()[0])      # the thread saw it fall: no self.low
 
     def step_s(self) -> float:
         """How long the caller may wait for the next tick: until the next base tick while the C
@@ -672,7 +672,7 @@ class FlightRecorder:
         if self.cring is None:
             return
         self._cring_take()
-        self.low = self.cring.low
+        self.low = self.cring.available()[1]
         if self.ring_efd >= 0 and self._fell():
             self.low = False                   # a fall not handled yet: the next own read judges it
         self.cring.stop()

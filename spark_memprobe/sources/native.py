@@ -466,13 +466,11 @@ class NativeRing:
                 at += used
             self.after = self._seq[got - 1]
 
-    @property
-    def low(self) -> bool:
-        return bool(lib.mp_ring_low(self.r))
-
-    def available_bytes(self) -> Optional[int]:
-        v = lib.mp_ring_avail(self.r)
-        return None if v < 0 else v
+    def available(self) -> tuple[Optional[int], bool]:
+        """(MemAvailable at the last read in bytes, None: none; whether it was below the limit)."""
+        low = ffi.new("int *")
+        v = lib.mp_ring_avail(self.r, low)
+        return (None if v < 0 else v), bool(low[0])
 
     def stop(self) -> None:
         if self.r is not None:
