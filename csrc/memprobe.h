@@ -175,7 +175,7 @@ int64_t mp_pread_many(const int *fds, const int32_t *caps, int n, char *buf, int
 
 /* The same reads every interval_ns in a thread of its own (csrc/ring.c), kept in the last `slots`
  * entries, numbered from 1: Python wakes once a base period instead of ten times a second.  The
- * descriptors are duplicated: the caller may close its own.  avail_below_bytes > 0: fds[0] is
+ * descriptors (notify_fd too) are duplicated: the caller may close its own.  avail_below_bytes > 0: fds[0] is
  * /proc/meminfo, and each time its MemAvailable falls below that (from at or above it; `low`
  * says where it starts) the thread adds 1 to the eventfd notify_fd.  *err: 0 or -errno. */
 struct mp_ring;

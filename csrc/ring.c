@@ -120,6 +120,8 @@ static void *ring_main(void *arg)
 
 static void ring_free(struct mp_ring *r)
 {
+    if (r->notify_fd >= 0)
+        close(r->notify_fd);
     for (int i = 0; i < r->n && r->fds; i++)
         if (r->fds[i] >= 0)
             close(r->fds[i]);
@@ -155,7 +157,7 @@ struct mp_ring *mp_ring_start(const int *fds, const int32_t *caps, int n, int64_
     r->avail_below = avail_below_bytes;
     r->avail = -1;
     r->low = low;
-    r->notify_fd = notify_fd;
+    r->notify_fd = -1;
     r->fds = malloc(sizeof(int) * (size_t)n);
     r->caps = malloc(sizeof(int32_t) * (size_t)n);
     r->scratch_lens = malloc(sizeof(int32_t) * (size_t)n);
@@ -172,6 +174,13 @@ struct mp_ring *mp_ring_start(const int *fds, const int32_t *caps, int n, int64_
         /* our own descriptors: the caller may close its own (a target dropped) while we read */
         r->fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
         if (r->fds[i] < 0) {
+            *err = -errno;
+            goto fail;
+        }
+    }
+    if (avail_below_bytes > 0) {
+        r->notify_fd = fcntl(notify_fd, F_DUPFD_CLOEXEC, 3);
+        if (r->notify_fd < 0) {
             *err = -errno;
             goto fail;
         }

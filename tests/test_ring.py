@@ -138,3 +138,25 @@ def test_the_recorder_wakes_once_a_second_and_catches_memavailable_falling_betwe
     trig = rec.events("trigger")[0].mono_ns
     before = [m for m in rec.mono if trig - 1.5e9 <= m < trig]
     assert len(before) >= 10, f"{len(before)} samples in the 1.5 s before the trigger"
+
+
+def test_the_rings_eventfd_is_its_own(tmp_path):
+    """The caller closes its eventfd and the number goes to a file: the thread's signal of a fall
+    goes to its own duplicate, never into that file."""
+    path = str(tmp_path / "meminfo")
+    meminfo_file(path, 5000)
+    fd = os.open(path, os.O_RDONLY)
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    r = open_ring([fd], [4096], 0.02, 10, avail_below_bytes=4000 * 1024, notify_fd=efd)
+    try:
+        os.close(efd)
+        victim = os.open(tmp_path / "victim", os.O_WRONLY | os.O_CREAT, 0o600)
+        assert victim == efd                                   # the lowest free number is reused
+        meminfo_file(path, 1000)
+        time.sleep(0.15)
+        assert r.available() == (1000 * 1024, True)            # the fall was seen, and signalled
+    finally:
+        r.stop()
+        os.close(fd)
+    os.close(victim)
+    assert os.path.getsize(tmp_path / "victim") == 0

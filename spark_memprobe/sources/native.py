@@ -440,7 +440,7 @@ class NativeRing:
                               slots, avail_below_bytes or 0, int(low), notify_fd, err)
         if r == ffi.NULL:
             raise OSError(-err[0], f"flight ring: {os.strerror(-err[0])}")
-        self.r = r
+        self.r = ffi.gc(r, lib.mp_ring_stop)        # stopped when dropped without stop(), too
         self.after = 0
         m = self.TAKE_MAX
         self._seq, self._mono = ffi.new("uint64_t[]", m), ffi.new("int64_t[]", m)
@@ -474,5 +474,5 @@ class NativeRing:
 
     def stop(self) -> None:
         if self.r is not None:
-            lib.mp_ring_stop(self.r)
+            ffi.release(self.r)                     # runs mp_ring_stop: the thread joined, its descriptors closed
             self.r = None
