@@ -116,7 +116,7 @@ def test_the_recorder_wakes_once_a_second_and_catches_memavailable_falling_betwe
             if time.monotonic() >= end:
                 break
             fr.wait(fr.step_s())
-        assert fr.cring is not None and fr.step_s() > 0.5, fr.cring_error     # right after a base tick
+        assert fr.thread_ring is not None and fr.step_s() > 0.5, fr.thread_ring_error     # right after a base tick
         assert ticks <= 5, f"{ticks} ticks in 3.5 s: the recorder did not wait a base period"
         assert not [m for _, m in said if "trigger" in m], said
         cg.do(f"anon {900 * MiB}")
@@ -125,7 +125,7 @@ def test_the_recorder_wakes_once_a_second_and_catches_memavailable_falling_betwe
         hit = [(t, m) for t, m in said if m.startswith("trigger available")]
         assert hit, said
         assert hit[0][0] - grown < 0.5, f"trigger {hit[0][0] - grown:.2f} s after the memory was in place"
-        assert fr.cring is None and fr.step_s() == 0.1        # the window's own 100 ms ticks
+        assert fr.thread_ring is None and fr.step_s() == 0.1        # the window's own 100 ms ticks
         for _ in range(3):
             fr.tick()
             time.sleep(0.1)

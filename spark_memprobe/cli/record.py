@@ -104,12 +104,12 @@ def run_flight(args) -> int:
     try:
         while True:
             fr.tick()
-            step, ring_in_c = fr.step_s(), fr.cring is not None
+            step, ring_in_c = fr.step_s(), fr.thread_ring is not None
             left = tick.next()                  # to the next base tick while the C ring reads, else 100 ms,
             while left < step - opts.fast_s / 2:
                 left = tick.next()              # with the deadlines on the 100 ms grid: no drift
             fr.wait(left)
-            if ring_in_c and fr.cring is None:
+            if ring_in_c and fr.thread_ring is None:
                 tick.restart()                  # a trigger opened a window: 100 ms ticks from now
     except KeyboardInterrupt:
         log("stopping")

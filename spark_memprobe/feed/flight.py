@@ -268,9 +268,9 @@ class FlightRecorder:
         self.ring_fds: tuple[list[int], list[int]] = ([], [])
         # outside trigger windows a C thread does those reads (sources/native.py NativeRing) and
         # tick() runs once a base period; inside one, tick() reads every fast_s itself
-        self.cring = None
-        self.cring_keys: dict[str, int] = {}
-        self.cring_error: Optional[str] = None
+        self.thread_ring = None
+        self.thread_ring_keys: dict[str, int] = {}
+        self.thread_ring_error: Optional[str] = None
         self.ring_efd = -1                           # the C ring's "MemAvailable fell" eventfd
         self.poller = select.poll()
         self.by_fd: dict[int, tuple[Track, object]] = {}
@@ -327,13 +327,13 @@ class FlightRecorder:
                     tr.psi = None
             elif isinstance(obj, EventsWatch):
                 self._events(tr)
-            elif obj is RING_FELL and self._fell() and self.cring is not None:
-                self._available_low(self.cring.available()[0])      # the thread saw it fall: no self.low
+            elif obj is RING_FELL and self._fell() and self.thread_ring is not None:
+                self._available_low(self.thread_ring.available()[0])      # the thread saw it fall: no self.low
 
     def step_s(self) -> float:
         """How long the caller may wait for the next tick: until the next base tick while the C
         ring reads, else fast_s."""
-        if self.cring is None:
+        if self.thread_ring is None:
             return self.o.fast_s
         return max(self.o.fast_s, self.last_base + self.o.base_s - time.monotonic())
 
@@ -358,7 +358,7 @@ class FlightRecorder:
         the host and every target for a host-wide one. A failed charge ("max") opens a window
         but never extends one: a cgroup living at its limit would record at 100 ms for ever."""
         now = time.monotonic()
-        self._cring_stop()                     # a window: 100 ms ticks of our own, the ring's entries kept
+        self._stop_thread_ring()               # a window: 100 ms ticks of our own, the ring's entries kept
         value = {"kind": kind, "message": message, "target": tr.key, "label": tr.label,
                  "wall_ns": time.time_ns(), "facts": facts or {}}
         self.log(f"trigger {kind}: {message}")
@@ -512,13 +512,13 @@ class FlightRecorder:
         if self.reads is None:
             self._ring_reads()
         texts: dict = {}
-        if self.cring is not None:
-            self._cring_take()
-        if base or self.cring is None:
+        if self.thread_ring is not None:
+            self._take_thread_ring()
+        if base or self.thread_ring is None:
             entry = (mono, wall, *self.reads.read(), self.ring_keys)
             self._ring_add(entry)
             texts = ring_texts(entry) if base or self.o.available_below_bytes is not None else {}
-            if self.o.available_below_bytes is not None and self.cring is None:
+            if self.o.available_below_bytes is not None and self.thread_ring is None:
                 self._available(texts[HOST])
         # between base ticks only a track in a trigger window has anything to do
         for tr in list(self.tracks.values()) if base else [t for t in self.tracks.values() if t.event is not None]:
@@ -543,7 +543,7 @@ class FlightRecorder:
             if now - self.last_retention >= 60 or self.n_fast == 0:
                 self.last_retention = now
                 self.retention()
-        self._cring_sync()
+        self._sync_thread_ring()
         self.n_fast += 1
 
     def _due(self, tr: Track, usage_raw: Optional[bytes], now: float) -> bool:
@@ -631,7 +631,7 @@ class FlightRecorder:
         return flat is not None and all(last.get(k) == flat.get(f"cgroup/events/{k}") for k in ("max", "oom_kill"))
 
     def _ring_reads(self) -> None:
-        self._cring_stop()                     # its descriptors are the old set's
+        self._stop_thread_ring()               # its descriptors are the old set's
         keys, fds, caps = [HOST], [self.meminfo.fd], [MEMINFO_CAP]
         for k, t in self.tracks.items():
             if t.watch is not None:
@@ -649,34 +649,34 @@ class FlightRecorder:
         while entry[0] - self.ring[0][0] > self.o.ring_s * 1e9:
             self.ring.popleft()
 
-    def _cring_take(self) -> None:
-        for mono, wall, texts, lens in self.cring.take():
-            self._ring_add((mono, wall, texts, lens, self.cring_keys))
+    def _take_thread_ring(self) -> None:
+        for mono, wall, texts, lens in self.thread_ring.take():
+            self._ring_add((mono, wall, texts, lens, self.thread_ring_keys))
 
-    def _cring_sync(self) -> None:
+    def _sync_thread_ring(self) -> None:
         """The C ring runs while no window is open (and the base period is a few fast ticks)."""
         want = self.o.base_s >= 2 * self.o.fast_s and all(t.event is None for t in self.tracks.values())
         if not want:
-            self._cring_stop()
-        elif self.cring is None and self.cring_error is None and self.reads is not None:
+            self._stop_thread_ring()
+        elif self.thread_ring is None and self.thread_ring_error is None and self.reads is not None:
             try:
-                self.cring = open_ring(*self.ring_fds, self.o.fast_s, int(self.o.ring_s / self.o.fast_s) + 1,
-                                       avail_below_bytes=self.o.available_below_bytes, low=self.low,
-                                       notify_fd=self.ring_efd)
+                self.thread_ring = open_ring(*self.ring_fds, self.o.fast_s, int(self.o.ring_s / self.o.fast_s) + 1,
+                                             avail_below_bytes=self.o.available_below_bytes, low=self.low,
+                                             notify_fd=self.ring_efd)
             except OSError as e:
-                self.cring_error = str(e)
+                self.thread_ring_error = str(e)
                 self.log(f"{e}: the ring is read by the recorder's own 100 ms ticks")
-            self.cring_keys = self.ring_keys
+            self.thread_ring_keys = self.ring_keys
 
-    def _cring_stop(self) -> None:
-        if self.cring is None:
+    def _stop_thread_ring(self) -> None:
+        if self.thread_ring is None:
             return
-        self._cring_take()
-        self.low = self.cring.available()[1]
+        self._take_thread_ring()
+        self.low = self.thread_ring.available()[1]
         if self.ring_efd >= 0 and self._fell():
             self.low = False                   # a fall not handled yet: the next own read judges it
-        self.cring.stop()
-        self.cring = None
+        self.thread_ring.stop()
+        self.thread_ring = None
 
     def _host_parts(self, meminfo: dict, vmstat: dict) -> None:
         if meminfo.keys() != self.host_flat.keys():
@@ -736,8 +736,10 @@ class FlightRecorder:
             # the host's meminfo of this tick: what moved since the last one when that is what flat has
             if tr.host_tick == self.host_tick - 1:
                 host = self.host_moved
+            elif tr.host_tick == self.host_tick:
+                host = {}
             else:
-                host = {p: v for p, v in self.host_flat.items() if flat[p] != v} if tr.host_tick != self.host_tick else {}
+                host = {p: v for p, v in self.host_flat.items() if flat[p] != v}
             tr.host_tick = self.host_tick
             flat.update(host)
             changed.update(host)
@@ -813,7 +815,7 @@ class FlightRecorder:
         self._close(host.base)
         self._close(host.event)
         self._unregister(self.host_psi)
-        self._cring_stop()
+        self._stop_thread_ring()
         if self.ring_efd >= 0:
             self.poller.unregister(self.ring_efd)
             os.close(self.ring_efd)
