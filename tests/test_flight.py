@@ -23,6 +23,7 @@ from spark_memprobe.feed.flight import LIGHT_NOTE, VMSTAT_NOTE, expired
 from spark_memprobe.recording import Recording, RecordingError
 from spark_memprobe.sources.bpf import base_status
 from spark_memprobe.sources.bpf.supported import tracefs
+from spark_memprobe.sources.sampler import native_available
 
 
 def recorder(d: str, cg: LiveCgroup, *extra: str, bpf: bool = False) -> subprocess.Popen:
@@ -355,6 +356,7 @@ def test_report_last_and_at_cut_a_targets_base_files(cg, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "no samples of 'cgroup:/not-recorded'" in err
 
 
+@pytest.mark.skipif(not native_available()[0], reason=f"delta base ticks need the native sampler: {native_available()[1]}")
 def test_a_restart_and_an_exit_under_delta_ticks_are_triggers(tmp_path):
     """A target whose base ticks go the delta way (feed/flat_delta.py: kept descriptors, the
     processes checked in C) is re-created at the same path, then removed: the recorder says

@@ -32,6 +32,16 @@ def meminfo_file(path: str, avail_kb: int) -> None:
         os.close(fd)
 
 
+def meminfo_ring(tmp_path):
+    """A ring every 20 ms over a meminfo_file with MemAvailable 5000 kB, watching for a fall below
+    4000 kB: (the file's path, its descriptor, the eventfd, the ring)."""
+    path = str(tmp_path / "meminfo")
+    meminfo_file(path, 5000)
+    fd = os.open(path, os.O_RDONLY)
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    return path, fd, efd, open_ring([fd], [4096], 0.02, 10, avail_below_bytes=4000 * 1024, notify_fd=efd)
+
+
 def test_entries_every_interval_from_its_own_descriptors(cg):
     before = fds_open()
     usage = os.open(f"{cg.dir}/{'memory.current' if cg.version == 2 else 'memory.usage_in_bytes'}", os.O_RDONLY)
@@ -64,11 +74,7 @@ def test_entries_every_interval_from_its_own_descriptors(cg):
 
 
 def test_memavailable_falling_below_is_said_once_per_fall(tmp_path):
-    path = str(tmp_path / "meminfo")
-    meminfo_file(path, 5000)
-    fd = os.open(path, os.O_RDONLY)
-    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    r = open_ring([fd], [4096], 0.02, 10, avail_below_bytes=4000 * 1024, notify_fd=efd)
+    path, fd, efd, r = meminfo_ring(tmp_path)
 
     def fell() -> int:
         try:
@@ -145,11 +151,7 @@ def test_the_recorder_wakes_once_a_second_and_catches_memavailable_falling_betwe
 def test_the_rings_eventfd_is_its_own(tmp_path):
     """The caller closes its eventfd and the number goes to a file: the thread's signal of a fall
     goes to its own duplicate, never into that file."""
-    path = str(tmp_path / "meminfo")
-    meminfo_file(path, 5000)
-    fd = os.open(path, os.O_RDONLY)
-    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    r = open_ring([fd], [4096], 0.02, 10, avail_below_bytes=4000 * 1024, notify_fd=efd)
+    path, fd, efd, r = meminfo_ring(tmp_path)
     try:
         os.close(efd)
         victim = os.open(tmp_path / "victim", os.O_WRONLY | os.O_CREAT, 0o600)

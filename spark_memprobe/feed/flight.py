@@ -666,6 +666,8 @@ class FlightRecorder:
             except OSError as e:
                 self.thread_ring_error = str(e)
                 self.log(f"{e}: the ring is read by the recorder's own 100 ms ticks")
+            if self.thread_ring is None and self.thread_ring_error is None:
+                self.thread_ring_error = "no native extension"      # asked once, not every tick
             self.thread_ring_keys = self.ring_keys
 
     def _stop_thread_ring(self) -> None:
