@@ -159,6 +159,42 @@ int mp_sampler_stop(struct mp_target *t);
 #define MP_DELTA_WHOLE -1
 int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals, int max);
 void mp_delta_base(struct mp_target *t, const struct mp_sample *s);
+/* A flight base row from what changed, encoded here (feed/flat_delta.py, recording.py add_row):
+ * the Python of a busy target's row (mapping columns to paths, JSON, deflate) cost about as much
+ * as its reads (docs/performance.md, Issue 22).  A column's paths in the recording are the ids
+ * ids[start[c]] .. ids[start[c + 1] - 1] (a v1 stat column is two paths), each with its kind: a
+ * plain integer, hundredths (written as v / 100) or a limit ("max" when MP_UNLIMITED or at least
+ * limit_floor; 0: no floor).  scal_cols: the columns of recording.py SCALARS' cgroup values. */
+#define MP_ROW_ITEMS_MAX 3174
+#define MP_ROW_INT 0
+#define MP_ROW_HUNDREDTHS 1
+#define MP_ROW_LIMIT 2
+#define MP_ROW_SCALARS 7
+struct mp_rowmap {
+    int32_t start[1588];
+    int32_t ids[3174];
+    uint8_t kinds[3174];
+    int64_t limit_floor;
+    int32_t scal_cols[7];
+};
+/* mp_sample_delta, then the changed columns as the JSON text [[id,value],...] followed by
+ * extra items: x_ids[i] with x_vals[i] (MP_MISSING: null) where x_on[i] (the host's meminfo
+ * values that moved, recording ids of this file), zlib-deflated into blob when deflate is set.
+ * scal gets the current values of m->scal_cols (MP_MISSING: none); since_cols/since_vals the
+ * columns whose value differs from the vector kept by mp_delta_base (the sample as a whole, with
+ * the kept whole sample: FlatDelta), *nsince their count.  Returns the bytes in blob, or
+ * MP_DELTA_WHOLE, keeping nothing, when mp_sample_delta did or a changed column has no path
+ * (the caller builds the whole sample), or -ENOSPC: blob (or the JSON, 64 KiB) too small. */
+int mp_delta_row(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals,
+                 const struct mp_rowmap *m, const int32_t *x_ids, const int64_t *x_vals,
+                 const uint8_t *x_on, int nx, int deflate, int64_t *scal,
+                 int32_t *since_cols, int64_t *since_vals, int *nsince, uint8_t *blob, int cap);
+/* row.c, for mp_delta_row (and tests): the JSON text of a row's items into out (its length, -1:
+ * a column without a path, -ENOSPC), and recording.py deflate's zlib stream of it (its size, or
+ * -ENOSPC). */
+int mp_row_text(const struct mp_rowmap *m, const int32_t *cols, const int64_t *vals, int n,
+                const int32_t *x_ids, const int64_t *x_vals, const uint8_t *x_on, int nx, char *out, int cap);
+int mp_row_deflate(const char *text, int len, uint8_t *blob, int cap);
 /* With a cgroup directory watched (mp_procs_watch: opened O_PATH, never through a link), the
  * kept vector is only kept (mp_delta_base) after mp_procs_mark read its cgroup.procs, and
  * mp_sample_delta answers MP_DELTA_WHOLE unless the directory still has no child cgroup (kernfs
@@ -200,6 +236,7 @@ int mp_parse_pressure(const char *buf, int len, int64_t *out);
 /* CDEF END */
 
 #include <time.h>
+
 
 /* A clock in ns (C only: sampler.c, ring.c). */
 static inline int64_t mp_clock_ns(clockid_t c)

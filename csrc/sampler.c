@@ -847,13 +847,14 @@ int mp_procs_mark(struct mp_target *t)
 void mp_delta_base(struct mp_target *t, const struct mp_sample *s)
 {
     t->delta_valid = 0;
-    if (!t->delta && !(t->delta = malloc(2 * (size_t)MP_RAW_LEN * sizeof(int64_t))))
+    if (!t->delta && !(t->delta = malloc(3 * (size_t)MP_RAW_LEN * sizeof(int64_t))))
         return;
     if (s->stat_mono_ns != s->mono_ns)
         return;                           /* carried: the next tick reads whole */
     if (t->procs_dirfd >= 0 && t->procs_len < 0)
         return;                           /* watched, not marked: no list to compare with */
     to_raw(s, t->delta);
+    memcpy(t->delta + 2 * MP_RAW_LEN, t->delta, MP_RAW_LEN * sizeof(int64_t));
     t->delta_valid = 1;
 }
 
@@ -885,6 +886,44 @@ int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, i
     }
     memcpy(old, cur, MP_RAW_LEN * sizeof(int64_t));
     return n;
+}
+
+int mp_delta_row(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals,
+                 const struct mp_rowmap *m, const int32_t *x_ids, const int64_t *x_vals,
+                 const uint8_t *x_on, int nx, int deflate, int64_t *scal,
+                 int32_t *since_cols, int64_t *since_vals, int *nsince, uint8_t *blob, int cap)
+{
+    static __thread char text[64 << 10];
+    const int64_t *kept, *base;
+    int n = mp_sample_delta(t, out, cols, vals, MP_RAW_LEN), len, ns = 0;
+
+    if (n < 0)
+        return n;
+    len = mp_row_text(m, cols, vals, n, x_ids, x_vals, x_on, nx, text, sizeof(text));
+    if (len < 0) {
+        t->delta_valid = 0;               /* what changed is not written: the next tick starts whole */
+        return len == -1 ? MP_DELTA_WHOLE : len;
+    }
+    kept = t->delta;
+    base = t->delta + 2 * MP_RAW_LEN;
+    for (int i = 0; i < MP_ROW_SCALARS; i++)
+        scal[i] = m->scal_cols[i] >= 0 && m->scal_cols[i] < MP_RAW_LEN ? kept[m->scal_cols[i]] : MP_MISSING;
+    for (int c = 0; c < MP_RAW_LEN; c++)
+        if (kept[c] != base[c]) {
+            since_cols[ns] = c;
+            since_vals[ns++] = kept[c];
+        }
+    *nsince = ns;
+    if (!deflate) {
+        if (len > cap)
+            return t->delta_valid = 0, -ENOSPC;
+        memcpy(blob, text, (size_t)len);
+        return len;
+    }
+    len = mp_row_deflate(text, len, blob, cap);
+    if (len < 0)
+        t->delta_valid = 0;
+    return len;
 }
 
 int64_t mp_pread_many(const int *fds, const int32_t *caps, int n, char *buf, int64_t buflen, int32_t *lens)

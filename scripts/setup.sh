@@ -13,6 +13,8 @@ run_pkgs=(gcc libc6-dev python3-bpfcc bpfcc-tools)
 # Debian's python3 leaves out ensurepip (`python3 -m venv` fails without python3-venv) and
 # Python.h (cffi's API mode builds the native sampler against it): both are separate packages.
 run_pkgs+=(python3-venv python3-dev)
+# zlib's header: the native sampler deflates the flight recorder's rows (csrc/row.c).
+run_pkgs+=(zlib1g-dev)
 # bcc compiles its BPF C against kernel headers; where the running kernel has none (CI VMs:
 # kernel 6.18, Debian ships 6.1), Debian's headers merged below stand in (docs/facts.md#f-vm).
 run_pkgs+=("linux-headers-$(dpkg --print-architecture)")

@@ -19,10 +19,10 @@ ffibuilder.cdef(cdef_text())
 ffibuilder.set_source(
     "spark_memprobe._native",
     '#include "memprobe.h"',
-    sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("parse.c", "sampler.c", "nvml.c", "ring.c")],
+    sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("parse.c", "sampler.c", "nvml.c", "ring.c", "row.c")],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    libraries=["dl", "pthread"],
+    libraries=["dl", "pthread", "z"],
 )
 
 if __name__ == "__main__":

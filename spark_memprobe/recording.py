@@ -83,7 +83,7 @@ import sys
 import time
 import urllib.parse
 import zlib
-from typing import (Any, Iterable, Iterator, NamedTuple, Optional, TypedDict, Union, get_args, get_origin,
+from typing import (Any, Callable, Iterable, Iterator, NamedTuple, Optional, TypedDict, Union, get_args, get_origin,
                     get_type_hints)
 
 from . import __version__
@@ -141,7 +141,12 @@ _INSERT_SAMPLE = (f"INSERT INTO samples(seq, mono_ns, wall_ns, keyframe, data, {
                   f"VALUES (?, ?, ?, ?, ?{', ?' * len(SCALARS)}, ?)")
 
 
-def _deflate(data: bytes) -> bytes:
+def json_text(value: Any) -> str:
+    """JSON as a sample row holds it (compact)."""
+    return _JSON_OUT.encode(value)
+
+
+def deflate(data: bytes) -> bytes:
     """A zlib stream of data. zlib.compress sets up a 32 KiB window and 256 KiB of hash tables
     for every call (about 50 us, most of a small sample's write); a blob of 4 KiB or less fits a
     4 KiB window whole, which compresses it as well at a tenth of the cost. Any inflater reads it."""
@@ -500,7 +505,11 @@ class RecordingWriter:
         self.db.executemany("INSERT INTO header VALUES (?, ?)",
                             [(k, json.dumps(v, default=str)) for k, v in header.items()])
         self.db.execute("COMMIT")
-        self.db.execute("BEGIN")
+
+    def _tx(self) -> None:
+        """Writes between commits go in one transaction, begun at the first of them."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
 
     def _ids(self, flat: dict) -> None:
         if flat.keys() <= self.path_ids.keys():
@@ -523,6 +532,7 @@ class RecordingWriter:
         updated in place since, what was updated (feed/flat_delta.py): nothing is compared then."""
         if self.full:
             return False
+        self._tx()
         if self._over_bound():
             self.full = True
             self.add_event(mono_ns, "recording_stopped",
@@ -530,6 +540,8 @@ class RecordingWriter:
             self.commit()
             return False
         ids, prev = self.path_ids, self.prev
+        if callable(prev):                       # add_row's: built only now that it is needed
+            prev = self.prev = prev()
         key = prev is None or self.n % KEYFRAME_EVERY == 0
         if changed is not None and prev is flat and not key:
             body = [[ids[p], v] for p, v in changed.items()]        # the same paths: all have ids
@@ -541,7 +553,7 @@ class RecordingWriter:
                 body = [[ids[p], v] for p, v in flat.items() if prev.get(p, _ABSENT) != v]
                 if not prev.keys() <= flat.keys():
                     body += [[ids[p], REMOVED] for p in prev if p not in flat]
-        blob = _deflate(_JSON_OUT.encode(body).encode())
+        blob = deflate(_JSON_OUT.encode(body).encode())
         scal = [v if isinstance(v := flat.get(p), int) else None for p in SCALARS.values()]
         gpu = [item for item in body if item[0] in self.gpu_ids] if self.gpu_ids else None
         gpu_data = _JSON_OUT.encode(gpu) if gpu else None
@@ -552,11 +564,37 @@ class RecordingWriter:
         self._maybe_commit()
         return True
 
+    def row_due(self) -> bool:
+        """Can the next sample be add_row's (not the first, not a keyframe, not at the bound)?"""
+        return self.prev is not None and self.n % KEYFRAME_EVERY != 0 and not self.full and not self._over_bound()
+
+    @_writes
+    def add_row(self, mono_ns: int, wall_ns: int, blob: bytes, scalars: list, gpu_data: Optional[str],
+                flat_after: Callable[[], dict]) -> None:
+        """Append a sample encoded elsewhere (csrc/memprobe.h mp_delta_row, only when row_due()):
+        blob is what add_flat would write for it, zlib of the JSON of [[path id, value], ...] of
+        what changed since the previous sample, with ids from path_ids; scalars the SCALARS values
+        and gpu_data the GPU_FIELDS items, as add_flat makes them. flat_after() gives the
+        flattened sample the recording holds after it: called only when add_flat needs it.
+        Outside a transaction the row is one of its own, committed here (a flight base file's
+        one write of the second: no BEGIN and COMMIT around it)."""
+        alone = not self.db.in_transaction
+        self.db.execute(_INSERT_SAMPLE, (self.n, mono_ns, wall_ns, 0, blob, *scalars, gpu_data))
+        self.prev = flat_after
+        self.n += 1
+        if alone:
+            self.saved = self.n
+            self.last_commit = time.monotonic()
+            return
+        self.pending_bytes += len(blob) + len(gpu_data or "") + ROW_OVERHEAD_BYTES
+        self._maybe_commit()
+
     @_writes
     def add_burst(self, mono_first: int, mono_last: int, n: int, layout: int, dropped: int, packed: bytes) -> bool:
         """Append one batch of burst samples (csrc/memprobe.h packing). False at the size bound."""
         if self.full:
             return False
+        self._tx()
         if self._over_bound():
             self.full = True
             self.add_event(mono_first, "recording_stopped", {"reason": f"size bound of {self.max_bytes} bytes reached"})
@@ -572,12 +610,14 @@ class RecordingWriter:
 
     @_writes
     def add_event(self, mono_ns: int, kind: str, value: Any) -> None:
+        self._tx()
         self.db.execute("INSERT INTO events(mono_ns, kind, value) VALUES (?, ?, ?)",
                         (mono_ns, kind, json.dumps(value, default=str)))
         self._maybe_commit()
 
     @_writes
     def set_header(self, key: str, value: Any) -> None:
+        self._tx()
         self.db.execute("INSERT OR REPLACE INTO header VALUES (?, ?)", (key, json.dumps(value, default=str)))
 
     def _over_bound(self) -> bool:
@@ -589,11 +629,11 @@ class RecordingWriter:
 
     @_writes
     def commit(self) -> None:
-        self.db.execute("COMMIT")
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
         self.saved = self.n
         self.pending_bytes = 0
         self.last_commit = time.monotonic()
-        self.db.execute("BEGIN")
 
     def size_bytes(self) -> int:
         total = 0

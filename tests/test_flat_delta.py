@@ -2,7 +2,8 @@
 live memory cgroup driven to change every tick, and on the host's own files, the kept flat
 sample must equal the whole sample built from the same C read, tick after tick; a change of
 shape (a process joins) must go back to the whole path; and a flight recording written this
-way must read back as what was kept."""
+way must read back as what was kept; rows the C sampler encodes must read back as the whole
+samples of the same reads."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import pytest
 from livecg import MiB, LiveCgroup, fresh_file
 from test_flight import in_process, run_busy
 from test_psi import cg  # noqa: F401 - the live cgroup fixture
-from spark_memprobe.recording import Recording, flatten
+from spark_memprobe.recording import SCALARS, Recording, RecordingWriter, flatten
 from spark_memprobe.sources.sampler import native_available, open_preads, open_sampler
 
 pytestmark = pytest.mark.skipif(not native_available()[0], reason="the native extension is not built here")
@@ -162,7 +163,9 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
     way, the base file decodes to exactly the samples it kept, and an event file opened after
     them holds those samples with the host's vmstat in place of VMSTAT_NOTE."""
     from spark_memprobe.analysis.flight import flight_files
+    from spark_memprobe.feed.flat_delta import Later
     from spark_memprobe.feed.flight import HOST, LIGHT_NOTE, VMSTAT_NOTE
+    from spark_memprobe.feed.flight import whole as whole_flat
     cg.start_child()
     path = fresh_file(str(tmp_path), MiB)
     fr = in_process(str(tmp_path / "flight"), [cg])
@@ -170,7 +173,8 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
         run_busy(fr, cg, path, 6)
         tr = next(t for k, t in fr.tracks.items() if k != HOST)
         assert tr.delta is not None and tr.delta.flat is not None, "the target's base ticks never went the delta way"
-        kept = [e[2] for e in tr.full]
+        assert sum(isinstance(e[2], Later) for e in tr.full) >= 4, "the target's base ticks were not C's rows"
+        kept = [whole_flat(e[2]) for e in tr.full]
         hosts = [e[2] for e in fr.tracks[HOST].full]
         fr.trigger("psi", tr, "test: an event after the delta ticks")
         fr.tick()
@@ -194,3 +198,84 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
         full = [s for s in rec.samples() if LIGHT_NOTE not in s.notes]
     assert len(full) >= len(kept)
     assert all(s.vmstat is not None and VMSTAT_NOTE not in s.notes for s in full)
+
+
+def test_rows_encoded_in_c_read_back_as_their_whole_samples(cg, tmp_path):
+    """FlatDelta.row over a live busy cgroup into a real recording: each row's sample (Later)
+    is the whole sample built from the same C read, its scalars are those of that sample, and
+    the file decodes to exactly those samples, a limit set and lifted between rows included."""
+    cg.start_child()
+    path = fresh_file(str(tmp_path), MiB)
+    s = open_sampler(cgroup=cg.path, version=cg.version, pids=[cg.child.pid], host_files=False, stat_max_age_s=30.0)
+    w = RecordingWriter(str(tmp_path / "rows.db"), {"test": True}, commit_every_s=None)
+    limit = "memory.max" if cg.version == 2 else "memory.limit_in_bytes"
+    expected, rows, limits = [], 0, set()
+    try:
+        d = None
+        for i in range(24):
+            if i == 8:
+                cg.set(limit, str(512 * MiB))
+            elif i == 14:
+                cg.set(limit, "max" if cg.version == 2 else "-1")
+            drive(cg, path, i)        # a tick whose usage stayed carries memory.stat: a whole one
+            row = d.row(w.path_ids, w.gpu_ids, []) if d is not None and w.row_due() else None
+            if row is None:
+                d = whole(s, d)
+                flat = dict(d.flat)
+                w.add_flat(flat["mono_ns"], flat["wall_ns"], flat)
+            else:
+                rows += 1
+                mono, wall, blob, scalars, gpu_data, later = row
+                flat = later.whole()
+                assert flat == flatten(s.to_sample(s.last_c))                  # the same C read, built whole
+                assert (mono, wall) == (flat["mono_ns"], flat["wall_ns"])
+                assert scalars == [v if isinstance(v := flat.get(p), int) else None for p in SCALARS.values()]
+                w.add_row(*row)
+                limits.add(flat["cgroup/max_bytes"])
+            expected.append(flat)
+            w.commit()
+    finally:
+        w.close()
+        s.close()
+    assert rows >= 12, f"only {rows} of 24 ticks were rows"
+    assert "max" in limits and 512 * MiB in limits, f"the limit was never a row's: {limits}"
+    with Recording(str(tmp_path / "rows.db")) as rec:
+        read = [{rec.paths[p]: v for p, v in st.flat.items()} for st in rec.walk()]
+        cols = rec.timeline(list(SCALARS))
+    assert read == expected
+    assert [list(c[2:]) for c in cols] == [[f.get(p) for p in SCALARS.values()] for f in expected]
+
+
+def test_row_text_writes_what_burst_value_reads():
+    """The C encoder alone (row.c): each kind of column, a column of two paths, extra items,
+    a column without a path, a buffer too small, and the zlib stream."""
+    import json
+    import zlib
+    from spark_memprobe._native import ffi, lib
+    from spark_memprobe.recording import burst_value
+    from spark_memprobe.sources.native import MISSING, ROW_HUNDREDTHS, ROW_INT, ROW_LIMIT, UNLIMITED
+    floor = 1 << 60
+    sampler = open_sampler(host_files=False)
+    try:
+        m = sampler.row_map([(10, 1, ROW_INT), (11, 2, ROW_INT), (11, 3, ROW_HUNDREDTHS), (12, 4, ROW_LIMIT)],
+                            floor, [-1] * 7)
+    finally:
+        sampler.close()
+    lay = {"missing": MISSING, "unlimited": UNLIMITED, "limit_floor": floor, "limits": ["l"], "hundredths": ["h"]}
+    paths = {1: "i", 2: "i", 3: "h", 4: "l"}
+    out = ffi.new("char[]", 4096)
+    for vals in ([0, 0, 0], [-7, -12345, 512 << 20], [1 << 62, 5, UNLIMITED], [3, 100, floor], [3, 1230, floor - 1]):
+        cols = ffi.new("int32_t[]", [10, 11, 12])
+        n = lib.mp_row_text(m, cols, ffi.new("int64_t[]", vals), 3, ffi.new("int32_t[]", [9, 8, -1]),
+                            ffi.new("int64_t[]", [42, MISSING, 1]), ffi.new("uint8_t[]", [1, 1, 1]), 3, out, 4096)
+        text = ffi.string(out, n)
+        items = json.loads(text)
+        want = [[1, vals[0]], [2, vals[1]], [3, burst_value(lay, "h", vals[1])], [4, burst_value(lay, "l", vals[2])],
+                [9, 42], [8, None]]
+        assert items == want and [type(v) for _, v in items] == [type(v) for _, v in want], text
+        blob = ffi.new("uint8_t[]", 4096)
+        z = lib.mp_row_deflate(out, n, blob, 4096)
+        assert z > 0 and zlib.decompress(ffi.buffer(blob, z)[:]) == text
+    cols = ffi.new("int32_t[]", [10, 13])                 # 13: no path
+    assert lib.mp_row_text(m, cols, ffi.new("int64_t[]", [1, 2]), 2, ffi.NULL, ffi.NULL, ffi.NULL, 0, out, 4096) == -1
+    assert lib.mp_row_text(m, cols, ffi.new("int64_t[]", [1, 2]), 1, ffi.NULL, ffi.NULL, ffi.NULL, 0, out, 7) < -1   # [[1,1]] and its end

@@ -15,7 +15,7 @@ import pytest
 from fixture_loader import load_step, steps
 from report_recordings import fixture_recording
 from spark_memprobe.cli import EXIT_BAD_INPUT, main
-from spark_memprobe.recording import (_deflate, GPU_FIELDS, KEYFRAME_EVERY, Recording, RecordingError, RecordingWriter,
+from spark_memprobe.recording import (deflate, GPU_FIELDS, KEYFRAME_EVERY, Recording, RecordingError, RecordingWriter,
                                       flatten, unflatten)
 from spark_memprobe.probe_report import ProbeReport, report_to_dict
 from spark_memprobe.feed.replay import ReplayFeed
@@ -65,16 +65,16 @@ def test_fixture_samples_replay_exactly(tmp_path):
 
 
 def test_deflate_window_by_size():
-    """recording._deflate: a 4 KiB window for JSON that fits one (a tenth of zlib.compress's set-up
+    """recording.deflate: a 4 KiB window for JSON that fits one (a tenth of zlib.compress's set-up
     cost), 32 KiB above; both inflate with zlib's defaults, and the small window costs nothing
     in size where the whole text fits it."""
     small = json.dumps([[i, 10 ** 9 + 7 * i] for i in range(150)], separators=(",", ":")).encode()
     large = json.dumps([[i, 10 ** 9 + 7 * i] for i in range(600)], separators=(",", ":")).encode()
     assert len(small) <= 4096 < len(large)
     for text, cinfo in ((small, 4), (large, 7)):
-        blob = _deflate(text)
+        blob = deflate(text)
         assert blob[0] >> 4 == cinfo and zlib.decompress(blob) == text
-    assert len(_deflate(small)) <= len(zlib.compress(small, 6))
+    assert len(deflate(small)) <= len(zlib.compress(small, 6))
 
 
 def test_live_samples_delta_and_keyframes(tmp_path):

@@ -4,7 +4,7 @@ each second, side by side in one run:
   files: one WAL recording per stream, an INSERT and a COMMIT each a second (the layout now);
   one:   one WAL recording, 21 INSERTs and one COMMIT a second;
   row:   one WAL recording, one row a second holding all 21 streams' changes.
-Each sample: 35 changed [id, value] pairs, JSON, deflated with recording._deflate, in a row of the
+Each sample: 35 changed [id, value] pairs, JSON, deflated with recording.deflate, in a row of the
 samples table's width (16 values), as the flight recorder writes a busy target's delta.
     python scripts/bench/bench_flight_storage.py [SECONDS]"""
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from spark_memprobe.recording import _JSON_OUT, _deflate  # noqa: E402
+from spark_memprobe.recording import _JSON_OUT, deflate  # noqa: E402
 
 STREAMS = 21
 COLUMNS = ", ".join(f"s{i}" for i in range(10))
@@ -37,7 +37,7 @@ def open_db(path: str) -> sqlite3.Connection:
 
 
 def blob(body) -> bytes:
-    return _deflate(_JSON_OUT.encode(body).encode())
+    return deflate(_JSON_OUT.encode(body).encode())
 
 
 def write(mode: str, conns: list, bodies: list) -> None:

@@ -74,7 +74,7 @@ ROOT_PACKAGES = [
     "findutils", "grep", "sed", "procps", "kmod",
     "busybox-static",                                   # the initramfs's shell and tools
     "python3", "python3-venv", "python3-pip", "python3-setuptools", "python3-wheel",
-    "python3-dev", "gcc", "libc6-dev",                  # pip install . compiles the cffi sampler
+    "python3-dev", "gcc", "libc6-dev", "zlib1g-dev",    # pip install . compiles the cffi sampler
     "python3-cffi", "python3-pycparser", "python3-psutil", "python3-rich",
     "python3-requests", "python3-urllib3",              # docker's dependencies
     "python3-pytest", "python3-hypothesis",

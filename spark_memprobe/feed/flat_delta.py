@@ -9,11 +9,17 @@ compares cgroup.procs), a file that failed or grew a key, a limit event, NVML no
 path of the kept sample holds."""
 from __future__ import annotations
 
+from array import array
 from typing import Optional
 
-from ..recording import burst_value, flatten
+from ..recording import SCALARS, burst_value, deflate, flatten, json_text
+
 
 EVENTS = "cgroup/events/"       # a limit event or an OOM kill: the whole path (the Follower keeps that sample)
+# recording.py SCALARS: the cgroup's come from C (mp_delta_row), the host's from the extra paths
+CG_SCALARS = [p for p in SCALARS.values() if p.startswith("cgroup/")]
+HOST_SCALARS = [p for p in SCALARS.values() if not p.startswith("cgroup/")]
+assert list(SCALARS.values()) == CG_SCALARS + HOST_SCALARS
 
 
 class FlatDelta:
@@ -27,7 +33,9 @@ class FlatDelta:
         self.by_col: dict[int, list[tuple[str, bool, bool]]] = {}   # column -> (path, limit, hundredths)
         self.lay: dict = {}
         self.gpu_keys: Optional[set] = None          # NVML read each tick: its paths, compared here
-        self.wholes = 0                              # ticks step() left to the whole path
+        self.gpu_last: dict = {}                     # row(): NVML's paths as the last row left them
+        self.maps: Optional[tuple] = None            # row(): (a file's path ids, its row map, extra ids)
+        self.wholes = 0                              # ticks step() or row() left to the whole path
 
     @classmethod
     def for_target(cls, sampler) -> Optional["FlatDelta"]:
@@ -50,6 +58,8 @@ class FlatDelta:
                 self.by_col.setdefault(col, []).append((path, path in limits, path in hundredths))
         live_nvml = self.sampler.want_nvml and not self.sampler.nvml_error
         self.gpu_keys = {p for p in flat if p == "gpus" or p.startswith("gpus/")} if live_nvml else None
+        self.gpu_last = {p: flat[p] for p in self.gpu_keys} if self.gpu_keys else {}
+        self.maps = None
         self.sampler.delta_base(c)
         self.flat = flat
 
@@ -83,3 +93,73 @@ class FlatDelta:
                 return None
             out.update((p, v) for p, v in g.items() if self.flat[p] != v)
         return out
+
+    # -- rows encoded in C (csrc/memprobe.h mp_delta_row) ------------------------------------
+    def row(self, ids: dict, gpu_ids: set, extra_paths: list[str], extra=None, extra_flat: Optional[dict] = None
+            ) -> Optional[tuple]:
+        """A tick as step(), written as a row by C: (mono_ns, wall_ns, blob, scalars, gpu_data,
+        Later) for RecordingWriter.add_row, or None: build the sample whole. flat stays the kept
+        whole sample. ids, gpu_ids: the file's path ids; extra_paths (paths of every sample,
+        the host's meminfo), extra (sources/native.py RowValues: their values and which moved
+        since this file's last sample) and extra_flat ({path: value} of all of them)."""
+        extra_flat = extra_flat or {}
+        if self.flat is None:
+            return None
+        if self.maps is None or self.maps[0] is not ids:
+            self.maps = (ids, *self._map(ids, extra_paths))
+        c, blob, scal, since = self.sampler.delta_row(self.maps[1], extra, self.maps[2], self.gpu_keys is None)
+        if blob is None:
+            self.flat = None
+            self.wholes += 1
+            return None
+        gpu_data, gpus = None, {}
+        if self.gpu_keys is not None:
+            notes: list[str] = []
+            gpus = flatten(self.sampler.build("gpus", c, notes), "gpus")
+            if notes or gpus.keys() != self.gpu_keys:
+                self.flat = None
+                self.wholes += 1
+                return None
+            items = [[ids[p], v] for p, v in gpus.items() if self.gpu_last[p] != v]
+            self.gpu_last = gpus
+            if items:
+                text = json_text(items)
+                blob = blob[:-1] + ("," if len(blob) > 2 else "").encode() + text[1:].encode()
+                gpu_data = text if any(i[0] in gpu_ids for i in items) else None
+            blob = deflate(blob)
+        scal += [v if isinstance(v := extra_flat.get(p), int) else None for p in HOST_SCALARS]
+        return c.mono_ns, c.wall_ns, blob, scal, gpu_data, Later(self, since, extra_flat, gpus)
+
+    def _map(self, ids: dict, extra_paths: list[str]):
+        from ..sources.native import ROW_HUNDREDTHS, ROW_INT, ROW_LIMIT, row_ids    # row() is native's only
+        lay = self.lay
+        items = sorted((col, ids[path], ROW_LIMIT if limit else ROW_HUNDREDTHS if hundredths else ROW_INT)
+                       for col, paths in self.by_col.items() for path, limit, hundredths in paths if path in ids)
+        scal_cols = [lay["fields"].get(p, -1) if p in self.flat else -1 for p in CG_SCALARS]
+        return (self.sampler.row_map(items, lay.get("limit_floor"), scal_cols),
+                row_ids([ids.get(p, -1) for p in extra_paths]))
+
+
+class Later:
+    """The flattened sample a row brought its file to, built when asked (whole()): the kept whole
+    sample, the columns that differ from it since (mp_delta_row), the extra paths and NVML's."""
+    __slots__ = ("base", "by_col", "lay", "since", "extra", "gpus")
+
+    def __init__(self, d: FlatDelta, since: tuple[bytes, bytes], extra: dict, gpus: dict):
+        self.base, self.by_col, self.lay = d.flat, d.by_col, d.lay
+        self.since, self.extra, self.gpus = since, extra, gpus
+
+    def __call__(self) -> dict:
+        return self.whole()
+
+    def whole(self) -> dict:
+        f, lay = dict(self.base), self.lay
+        cols, vals = array("i"), array("q")
+        cols.frombytes(self.since[0])
+        vals.frombytes(self.since[1])
+        for col, v in zip(cols, vals):
+            for path, limit, hundredths in self.by_col.get(col, ()):
+                f[path] = burst_value(lay, path, v) if limit else v / 100 if hundredths else v
+        f.update(self.extra)
+        f.update(self.gpus)
+        return f

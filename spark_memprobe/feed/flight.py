@@ -48,7 +48,7 @@ from ..sources.psi import EventsWatch, PsiTrigger, Reread, usage_from_raw
 from ..sources.sampler import open_preads, open_ring, open_sampler
 from ..sources.targets.resolver import target_to_dict
 from .context import STAT_MAX_AGE_S, HostKernel
-from .flat_delta import FlatDelta
+from .flat_delta import FlatDelta, Later
 from .host import open_host
 from .items import FeedItem
 from .live import ProbeWorker
@@ -177,6 +177,11 @@ def ring_texts(entry: tuple) -> dict[str, Optional[bytes]]:
     return out
 
 
+def whole(flat) -> dict:
+    """A kept base sample as a dict (a row's is built when asked: feed/flat_delta.py Later)."""
+    return flat.whole() if isinstance(flat, Later) else flat
+
+
 def event_flat(flat: dict, vmstat: Optional[dict]) -> dict:
     """A kept base sample as an event file holds it: a target's with the host's vmstat of its tick
     in place of VMSTAT_NOTE (a flat of our own: mutated)."""
@@ -234,6 +239,7 @@ class Track:
         self.delta: Optional[FlatDelta] = None       # base ticks from what C says changed
         self.host_gen = -1                           # FlightRecorder.host_gen at its last whole tick
         self.host_tick = -1                          # FlightRecorder.host_tick its flat's meminfo is from
+        self.host_seen: dict = {}                    # and that meminfo (FlightRecorder.host_flat then)
         self.full_usage: Optional[bytes] = None      # usage counter text at the last whole base sample
         self.full_at = float("-inf")
         self.watch: Optional[EventsWatch] = None
@@ -257,6 +263,8 @@ class FlightRecorder:
         self.host_gen = 0                            # counts changes of host_flat's paths
         self.host_tick = 0                           # counts host_flat's readings
         self.host_moved: dict = {}                   # what moved in host_flat at its last reading
+        self.host_paths: list[str] = []              # host_flat's paths, in order
+        self.host_row = None                         # host_moved for targets' rows (_base_row), once a tick
         self.host_vmstat: dict = {}                  # and its vmstat, flattened
         self.kernel = HostKernel(proc)
         self.tracks: dict[str, Track] = {HOST: Track(HOST, HOST, None, self._header(None))}
@@ -387,7 +395,7 @@ class FlightRecorder:
             if isinstance(x, Sample):
                 tr.event.write(FeedItem(sample=x))
             else:
-                tr.event.w.add_flat(x[0], x[1], event_flat(x[2], x[3]))
+                tr.event.w.add_flat(x[0], x[1], event_flat(whole(x[2]), x[3]))
 
     def _light(self, tr: Track, entry) -> Optional[Sample]:
         mono, wall = entry[0], entry[1]
@@ -404,7 +412,7 @@ class FlightRecorder:
             return Sample(mono_ns=mono, wall_ns=wall, meminfo=meminfo, notes=notes)
         if tr.key not in texts or not tr.full:
             return None
-        last = tr.full[-1][2]
+        last = whole(tr.full[-1][2])
         cgs = CgroupSample(path=last["cgroup/path"], version=last["cgroup/version"],
                            current_bytes=usage_from_raw(usage_raw)) if "cgroup/path" in last else None
         return Sample(mono_ns=mono, wall_ns=wall, meminfo=meminfo, cgroup=cgs, notes=notes)
@@ -512,11 +520,16 @@ class FlightRecorder:
         if self.reads is None:
             self._ring_reads()
         texts: dict = {}
+        entry = None
         if self.thread_ring is not None:
             self._take_thread_ring()
-        if base or self.thread_ring is None:
+            last = self.ring[-1] if base and self.ring else None
+            if last is not None and last[4] is self.ring_keys and mono - last[0] <= 1.5e9 * self.o.fast_s:
+                entry = last             # the thread's read of this tick: the same files, read again for nothing
+        if entry is None and (base or self.thread_ring is None):
             entry = (mono, wall, *self.reads.read(), self.ring_keys)
             self._ring_add(entry)
+        if entry is not None:
             texts = ring_texts(entry) if base or self.o.available_below_bytes is not None else {}
             if self.o.available_below_bytes is not None and self.thread_ring is None:
                 self._available(texts[HOST])
@@ -686,10 +699,12 @@ class FlightRecorder:
         old = self.host_flat
         self.host_moved = {p: v for p, v in meminfo.items() if old.get(p, _NONE) != v}
         self.host_tick += 1
+        self.host_paths, self.host_row = list(meminfo), None
         self.host_flat, self.host_vmstat = meminfo, vmstat
 
     def _keep(self, tr: Track, mono_ns: int, wall_ns: int, flat: dict) -> None:
-        tr.full.append((mono_ns, wall_ns, dict(flat), None if tr.key == HOST else self.host_vmstat))
+        tr.full.append((mono_ns, wall_ns, flat if isinstance(flat, Later) else dict(flat),
+                        None if tr.key == HOST else self.host_vmstat))
         while tr.full and mono_ns - tr.full[0][0] > self.o.ring_s * 1e9:
             tr.full.popleft()
 
@@ -710,7 +725,7 @@ class FlightRecorder:
             tr.delta = None                  # in a window (not marked), or a restart opened a new sampler
         if tr.delta is not None:
             tr.delta.rebase(flat, tr.delta.sampler.last_c)
-            tr.host_gen, tr.host_tick = self.host_gen, self.host_tick
+            tr.host_gen, tr.host_tick, tr.host_seen = self.host_gen, self.host_tick, self.host_flat
 
     def _base_delta(self, tr: Track, now: float) -> bool:
         """A base tick from what changed since the last one (feed/flat_delta.py): True when done;
@@ -731,25 +746,54 @@ class FlightRecorder:
             if tr.host_gen != self.host_gen or tr.watched.follower.sampler is not d.sampler:
                 d.flat = None
                 return False
-            changed = d.step()
-            if changed is None:
-                return False
-            flat = d.flat
-            # the host's meminfo of this tick: what moved since the last one when that is what flat has
-            if tr.host_tick == self.host_tick - 1:
-                host = self.host_moved
-            elif tr.host_tick == self.host_tick:
-                host = {}
-            else:
-                host = {p: v for p, v in self.host_flat.items() if flat[p] != v}
-            tr.host_tick = self.host_tick
-            flat.update(host)
-            changed.update(host)
+            return self._base_row(tr, d)
         mono, wall = flat["mono_ns"], flat["wall_ns"]
         self._keep(tr, mono, wall, flat)
         if not self._write_base(tr, lambda rec: rec.w.add_flat(mono, wall, flat, changed)):
             d.flat = None
         return True
+
+    def _base_row(self, tr: Track, d: FlatDelta) -> bool:
+        """A target's base tick as a row C encodes (FlatDelta.row): True when written; False
+        leaves it to the whole path (as does a keyframe or a new file)."""
+        rec = self._base_file(tr)
+        if rec is None or not rec.w.row_due():
+            d.flat = None
+            return False
+        # the host's meminfo of this tick: the values that moved since the file's last sample
+        if tr.host_tick == self.host_tick - 1:
+            if self.host_row is None:
+                self.host_row = self._row_values(lambda p, v: p in self.host_moved)
+            moved = self.host_row
+        else:
+            seen = tr.host_seen
+            moved = self._row_values(lambda p, v: seen.get(p, _NONE) != v)
+        if moved is None:
+            d.flat = None
+            return False
+        row = d.row(rec.w.path_ids, rec.w.gpu_ids, self.host_paths, moved, self.host_flat)
+        if row is None:
+            return False
+        try:
+            rec.w.add_row(*row)
+        except RecordingError as e:             # disk full: said, and tried again next period
+            self.log(str(e))
+            self._close(tr.base)
+            tr.base = None
+            d.flat = None
+            return True
+        self.dirty.add(rec)
+        tr.host_tick, tr.host_seen = self.host_tick, self.host_flat
+        self._keep(tr, row[0], row[1], row[5])
+        return True
+
+    def _row_values(self, moved: Callable[[str, object], bool]) -> Optional[RowValues]:
+        """The host's meminfo for rows (sources/native.py RowValues); None unless all integers."""
+        from ..sources.native import RowValues        # rows are the native sampler's only
+        vals = list(self.host_flat.values())
+        if not all(v is None or type(v) is int for v in vals):
+            return None
+        return RowValues(vals, [moved(p, v) for p, v in self.host_flat.items()])
 
     def _target_item(self, tr: Track) -> Optional[FeedItem]:
         w = tr.watched
@@ -785,8 +829,8 @@ class FlightRecorder:
         return FeedItem(sample=s, events=evs, mapped_files=w.context.mapped_files,
                         other_cgroups=w.context.other_cgroups)
 
-    def _write_base(self, tr: Track, write: Callable[[Recorder], object]) -> bool:
-        """write(the track's base file of this period); False when there is none or it failed."""
+    def _base_file(self, tr: Track) -> Optional[Recorder]:
+        """The track's base file of this period, created when there is none; None when it cannot be."""
         period = int(time.time() // self.o.rotate_s)
         if tr.base is not None and period != tr.base_period:
             self._close(tr.base)
@@ -794,9 +838,14 @@ class FlightRecorder:
         if tr.base is None:
             tr.base = self._create("base", slug(tr.label), dict(tr.header, flight=self._flight(tr)))
             tr.base_period = period
-            if tr.base is None:
-                return False
-            self.retention()
+            if tr.base is not None:
+                self.retention()
+        return tr.base
+
+    def _write_base(self, tr: Track, write: Callable[[Recorder], object]) -> bool:
+        """write(the track's base file of this period); False when there is none or it failed."""
+        if self._base_file(tr) is None:
+            return False
         try:
             write(tr.base)
             self.dirty.add(tr.base)

@@ -19,6 +19,24 @@ from .procfs import MALFORMED_KV, STATUS_FIELDS, note_kv_problems
 
 MISSING = lib.MP_MISSING
 UNLIMITED = lib.MP_UNLIMITED
+ROW_INT, ROW_HUNDREDTHS, ROW_LIMIT = lib.MP_ROW_INT, lib.MP_ROW_HUNDREDTHS, lib.MP_ROW_LIMIT
+ROW_ITEMS_MAX, ROW_SCALARS = lib.MP_ROW_ITEMS_MAX, lib.MP_ROW_SCALARS
+ROW_BLOB_CAP = 64 << 10
+
+
+class RowValues:
+    """Extra items of delta rows, the same for every target of a tick (the host's meminfo): their
+    values (None: null) and which moved since the tick before (mp_delta_row's x_vals and x_on)."""
+
+    def __init__(self, values: list, moved: list[bool]):
+        self.n = len(values)
+        self.vals = ffi.new("int64_t[]", [MISSING if v is None else v for v in values])
+        self.moved = ffi.new("uint8_t[]", [1 if m else 0 for m in moved])
+
+
+def row_ids(ids: list[int]):
+    """The extra items' path ids in one file (-1: not there), for delta_row."""
+    return ffi.new("int32_t[]", ids)
 
 SLOTS = {
     "meminfo": lib.MP_SLOT_MEMINFO, "vmstat": lib.MP_SLOT_VMSTAT,
@@ -297,6 +315,51 @@ class NativeSampler(BaseSampler):
         if n == lib.MP_DELTA_WHOLE:
             return c, None
         return c, list(zip(self._dcols[0:n], self._dvals[0:n]))
+
+    def row_map(self, items: list[tuple[int, int, int]], limit_floor: Optional[int], scal_cols: list[int]):
+        """The rows' map for delta_row (csrc/memprobe.h struct mp_rowmap): items (raw column, path
+        id, kind: ROW_INT, ROW_HUNDREDTHS or ROW_LIMIT) sorted by column, at most ROW_ITEMS_MAX;
+        scal_cols the columns of the scalar values (-1: none), ROW_SCALARS of them."""
+        m = ffi.new("struct mp_rowmap *")
+        at = 0
+        for col in range(lib.MP_RAW_LEN):
+            m.start[col] = at
+            while at < len(items) and items[at][0] == col:
+                m.ids[at], m.kinds[at] = items[at][1], items[at][2]
+                at += 1
+        m.start[lib.MP_RAW_LEN] = at
+        m.limit_floor = limit_floor or 0
+        m.scal_cols[0:lib.MP_ROW_SCALARS] = scal_cols
+        return m
+
+    def delta_row(self, m, host: Optional["RowValues"], x_ids, deflate: bool):
+        """A base tick as sample_delta, its row encoded in C (mp_delta_row): (struct, bytes of the
+        row: zlib of its JSON, or the JSON when not deflate; the ROW_SCALARS values, MISSING as
+        None; (columns, values) where the vector differs from the one delta_base kept, as int32
+        and int64 bytes), or (struct, None, None, None): build the whole sample, as sample_delta.
+        host: the extra items' values and which of them moved, x_ids their ids in this file."""
+        if not hasattr(self, "_rcols"):
+            self._rcols = ffi.new("int32_t[]", lib.MP_RAW_LEN)
+            self._rvals = ffi.new("int64_t[]", lib.MP_RAW_LEN)
+            self._scols = ffi.new("int32_t[]", lib.MP_RAW_LEN)
+            self._svals = ffi.new("int64_t[]", lib.MP_RAW_LEN)
+            self._scal = ffi.new("int64_t[]", lib.MP_ROW_SCALARS)
+            self._nsince = ffi.new("int *")
+            self._blob = ffi.new("uint8_t[]", ROW_BLOB_CAP)
+        c = ffi.new("struct mp_sample *")
+        if host is None:
+            n = lib.mp_delta_row(self.t, c, self._rcols, self._rvals, m, ffi.NULL, ffi.NULL, ffi.NULL, 0,
+                                 deflate, self._scal, self._scols, self._svals, self._nsince, self._blob, ROW_BLOB_CAP)
+        else:
+            n = lib.mp_delta_row(self.t, c, self._rcols, self._rvals, m, x_ids, host.vals, host.moved, host.n,
+                                 deflate, self._scal, self._scols, self._svals, self._nsince, self._blob, ROW_BLOB_CAP)
+        self.full_reads += c.stat_mono_ns == c.mono_ns
+        self.last_c = c
+        if n < 0:
+            return c, None, None, None
+        ns = self._nsince[0]
+        return (c, bytes(ffi.buffer(self._blob, n)), [None if v == MISSING else v for v in self._scal],
+                (bytes(ffi.buffer(self._scols, 4 * ns)), bytes(ffi.buffer(self._svals, 8 * ns))))
 
     def delta_base(self, c) -> None:
         """Keep the raw vector of struct c (a tick of this sampler) for sample_delta to compare with."""
