@@ -240,6 +240,7 @@ class Track:
         self.host_gen = -1                           # FlightRecorder.host_gen at its last whole tick
         self.host_tick = -1                          # FlightRecorder.host_tick its flat's meminfo is from
         self.host_seen: dict = {}                    # and that meminfo (FlightRecorder.host_flat then)
+        self.row: Optional[tuple] = None             # its row of this base tick, read and not yet written
         self.full_usage: Optional[bytes] = None      # usage counter text at the last whole base sample
         self.full_at = float("-inf")
         self.watch: Optional[EventsWatch] = None
@@ -542,8 +543,14 @@ class FlightRecorder:
             fast = False
             if tr.event is not None or (base and self._due(tr, usage, now)):
                 fast = self._sample(tr, base, usage, now)
+            if base and tr.key == HOST:
+                self._read_rows(texts, now)
             if base and tr.watch is not None and tr.watch.version == 1 and not (fast and self._events_seen(tr)):
                 self._events(tr)      # v1 failcnt has no notification: looked at once a base period
+        for tr in self.tracks.values():
+            if tr.row is not None:            # read and not written (a trigger opened its window since):
+                tr.row = None                 # C's kept vector is past the file's last sample
+                tr.delta.flat = None
         if self.probes is not None and all(t.event is None for t in self.tracks.values()):
             self.probes.stop()
             self.log("eBPF probes stopped: no trigger window open" + (f" ({self.probes.error})"
@@ -743,9 +750,6 @@ class FlightRecorder:
             # the same paths: the delta kept its shape
             self._host_parts({p: flat[p] for p in self.host_flat}, {p: flat[p] for p in self.host_vmstat})
         else:
-            if tr.host_gen != self.host_gen or tr.watched.follower.sampler is not d.sampler:
-                d.flat = None
-                return False
             return self._base_row(tr, d)
         mono, wall = flat["mono_ns"], flat["wall_ns"]
         self._keep(tr, mono, wall, flat)
@@ -753,36 +757,47 @@ class FlightRecorder:
             d.flat = None
         return True
 
+    def _read_rows(self, texts: dict, now: float) -> None:
+        """Each target whose base tick can be a row (FlatDelta.row) read now, one after another,
+        and written by _base_row in the loop after: the same code back to back stays warm (a
+        tenth of the tick's CPU, docs/performance.md). Called after the host's tick: the rows
+        take its meminfo."""
+        for tr in self.tracks.values():
+            tr.row = None
+            d = tr.delta
+            if (tr.key == HOST or tr.event is not None or d is None or d.flat is None or tr.host_gen != self.host_gen
+                    or tr.watched.follower.sampler is not d.sampler or not self._due(tr, texts.get(tr.key), now)):
+                continue
+            rec = self._base_file(tr)
+            if rec is None or not rec.w.row_due():
+                continue                              # a new file or a keyframe: the whole path
+            # the host's meminfo of this tick: the values that moved since the file's last sample
+            if tr.host_tick == self.host_tick - 1:
+                if self.host_row is None:
+                    self.host_row = self._row_values(lambda p, v: p in self.host_moved)
+                moved = self.host_row
+            else:
+                seen = tr.host_seen
+                moved = self._row_values(lambda p, v: seen.get(p, _NONE) != v)
+            if moved is not None:
+                tr.row = d.row(rec.w.path_ids, rec.w.gpu_ids, self.host_paths, moved, self.host_flat)
+
     def _base_row(self, tr: Track, d: FlatDelta) -> bool:
-        """A target's base tick as a row C encodes (FlatDelta.row): True when written; False
-        leaves it to the whole path (as does a keyframe or a new file)."""
-        rec = self._base_file(tr)
-        if rec is None or not rec.w.row_due():
-            d.flat = None
-            return False
-        # the host's meminfo of this tick: the values that moved since the file's last sample
-        if tr.host_tick == self.host_tick - 1:
-            if self.host_row is None:
-                self.host_row = self._row_values(lambda p, v: p in self.host_moved)
-            moved = self.host_row
-        else:
-            seen = tr.host_seen
-            moved = self._row_values(lambda p, v: seen.get(p, _NONE) != v)
-        if moved is None:
-            d.flat = None
-            return False
-        row = d.row(rec.w.path_ids, rec.w.gpu_ids, self.host_paths, moved, self.host_flat)
+        """Write the row _read_rows read for this target: True when done; False leaves the tick
+        to the whole path."""
+        row, tr.row = tr.row, None
         if row is None:
+            d.flat = None
             return False
         try:
-            rec.w.add_row(*row)
+            tr.base.w.add_row(*row)
         except RecordingError as e:             # disk full: said, and tried again next period
             self.log(str(e))
             self._close(tr.base)
             tr.base = None
             d.flat = None
             return True
-        self.dirty.add(rec)
+        self.dirty.add(tr.base)
         tr.host_tick, tr.host_seen = self.host_tick, self.host_flat
         self._keep(tr, row[0], row[1], row[5])
         return True
