@@ -224,6 +224,7 @@ int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int6
                  int64_t *used, char *buf, int64_t buflen, int32_t *lens);
 /* The last MemAvailable read, bytes (-1: none); *low: it was below avail_below_bytes. */
 int64_t mp_ring_avail(struct mp_ring *r, int *low);
+uint64_t mp_ring_seq(struct mp_ring *r);          /* the newest entry's number (0: none yet) */
 void mp_ring_stop(struct mp_ring *r);          /* joins the thread, closes its descriptors, frees */
 int64_t mp_sampler_cpu_ns(struct mp_target *t);
 

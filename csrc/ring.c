@@ -243,6 +243,15 @@ int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int6
     return got == 0 && cut ? -ENOSPC : got;
 }
 
+uint64_t mp_ring_seq(struct mp_ring *r)
+{
+    uint64_t s;
+    pthread_mutex_lock(&r->lock);
+    s = r->seq;
+    pthread_mutex_unlock(&r->lock);
+    return s;
+}
+
 int64_t mp_ring_avail(struct mp_ring *r, int *low)
 {
     int64_t v;

@@ -63,8 +63,10 @@ def test_entries_every_interval_from_its_own_descriptors(cg):
         assert all(0.05e9 < g < 0.3e9 for g in gaps), gaps
         assert r.take() == [] or len(r.take()) <= 1           # only what came since
         time.sleep(1.0)                                        # ten reads into five slots: the newest five
+        newest = r.newest()                                    # what the base tick reads, left for take()
         later = r.take()
         assert len(later) == 5 and later[0][0] > first[-1][0], [e[0] for e in later]
+        assert newest is not None and newest[0] >= later[-2][0] and newest in later[-2:]
         assert r.available() == (None, False)                  # no MemAvailable watch asked for
         for f in other:
             os.close(f)
@@ -127,6 +129,7 @@ def test_the_recorder_wakes_once_a_second_and_catches_memavailable_falling_betwe
         assert fr.thread_ring is not None and fr.step_s() > 0.5, fr.thread_ring_error     # right after a base tick
         assert ticks <= 5, f"{ticks} ticks in 3.5 s: the recorder did not wait a base period"
         assert not [m for _, m in said if "trigger" in m], said
+        assert len(fr.ring) <= 1, "the thread's entries were copied into Python before any trigger"
         cg.do(f"anon {900 * MiB}")
         grown = time.monotonic()
         fr.wait(1.0)              # no tick (the recorder's own reads) from here: the thread's eventfd wakes it
@@ -146,6 +149,7 @@ def test_the_recorder_wakes_once_a_second_and_catches_memavailable_falling_betwe
     trig = rec.events("trigger")[0].mono_ns
     before = [m for m in rec.mono if trig - 1.5e9 <= m < trig]
     assert len(before) >= 10, f"{len(before)} samples in the 1.5 s before the trigger"
+    assert len([m for m in rec.mono if m < trig]) >= 30, "the ring's minute (here 3.5 s of it) is not all there"
 
 
 def test_the_rings_eventfd_is_its_own(tmp_path):

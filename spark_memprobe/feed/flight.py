@@ -522,14 +522,16 @@ class FlightRecorder:
             self._ring_reads()
         texts: dict = {}
         entry = None
-        if self.thread_ring is not None:
-            self._take_thread_ring()
-            last = self.ring[-1] if base and self.ring else None
-            if last is not None and last[4] is self.ring_keys and mono - last[0] <= 1.5e9 * self.o.fast_s:
-                entry = last             # the thread's read of this tick: the same files, read again for nothing
+        if self.thread_ring is not None and base:
+            # the thread's newest read is this tick's (the same files, read again for nothing); its
+            # entries stay in C until the thread stops (a trigger): no copy of the minute in Python
+            last = self.thread_ring.newest()
+            if last is not None and self.thread_ring_keys is self.ring_keys and mono - last[0] <= 1.5e9 * self.o.fast_s:
+                entry = (*last, self.ring_keys)
         if entry is None and (base or self.thread_ring is None):
             entry = (mono, wall, *self.reads.read(), self.ring_keys)
-            self._ring_add(entry)
+            if self.thread_ring is None:
+                self._ring_add(entry)      # with the thread running the ring is its own, taken in order
         if entry is not None:
             texts = ring_texts(entry) if base or self.o.available_below_bytes is not None else {}
             if self.o.available_below_bytes is not None and self.thread_ring is None:

@@ -520,17 +520,27 @@ class NativeRing:
         (entries the thread overwrote before they were taken are gone)."""
         out: list[tuple[int, int, bytes, list[int]]] = []
         while True:
-            got = lib.mp_ring_copy(self.r, self.after, self.TAKE_MAX, self._seq, self._mono, self._wall, self._used,
-                                   self._buf, self._buflen, self._lens)
+            got = self._copy(self.after, self.TAKE_MAX, out)
             if got <= 0:
                 return out
-            at = 0
-            for i in range(got):
-                used = self._used[i]
-                out.append((self._mono[i], self._wall[i], ffi.buffer(self._buf + at, used)[:],
-                            ffi.unpack(self._lens + i * self.n, self.n)))
-                at += used
             self.after = self._seq[got - 1]
+
+    def newest(self) -> Optional[tuple[int, int, bytes, list[int]]]:
+        """The newest entry as take() gives it, left for take() (None: none yet)."""
+        out: list = []
+        seq = lib.mp_ring_seq(self.r)
+        return out[0] if seq and self._copy(seq - 1, 1, out) > 0 else None
+
+    def _copy(self, after: int, most: int, out: list) -> int:
+        got = lib.mp_ring_copy(self.r, after, most, self._seq, self._mono, self._wall, self._used,
+                               self._buf, self._buflen, self._lens)
+        at = 0
+        for i in range(max(got, 0)):
+            used = self._used[i]
+            out.append((self._mono[i], self._wall[i], ffi.buffer(self._buf + at, used)[:],
+                        ffi.unpack(self._lens + i * self.n, self.n)))
+            at += used
+        return got
 
     def available(self) -> tuple[Optional[int], bool]:
         """(MemAvailable at the last read in bytes, None: none; whether it was below the limit)."""
