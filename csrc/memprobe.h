@@ -180,14 +180,15 @@ struct mp_rowmap {
 /* mp_sample_delta, then the changed columns as the JSON text [[id,value],...] followed by
  * extra items: x_ids[i] with x_vals[i] (MP_MISSING: null) where x_on[i] (the host's meminfo
  * values that moved, recording ids of this file), zlib-deflated into blob when deflate is set.
- * scal gets the current values of m->scal_cols (MP_MISSING: none); since_cols/since_vals the
- * columns whose value differs from the vector kept by mp_delta_base (the sample as a whole, with
- * the kept whole sample: FlatDelta), *nsince their count.  Returns the bytes in blob, or
+ * cols/vals get the changed columns (as mp_sample_delta's), *nchanged their count; scal the
+ * current values of m->scal_cols (MP_MISSING: none); since_cols/since_vals the columns whose value
+ * differs from the vector kept by mp_delta_base (the sample as a whole, with the kept whole
+ * sample: FlatDelta), *nsince their count.  Returns the bytes in blob, or
  * MP_DELTA_WHOLE, keeping nothing, when mp_sample_delta did or a changed column has no path
  * (the caller builds the whole sample), or -ENOSPC: blob (or the JSON, 64 KiB) too small. */
 int mp_delta_row(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals,
                  const struct mp_rowmap *m, const int32_t *x_ids, const int64_t *x_vals,
-                 const uint8_t *x_on, int nx, int deflate, int64_t *scal,
+                 const uint8_t *x_on, int nx, int deflate, int *nchanged, int64_t *scal,
                  int32_t *since_cols, int64_t *since_vals, int *nsince, uint8_t *blob, int cap);
 /* row.c, for mp_delta_row (and tests): the JSON text of a row's items into out (its length, -1:
  * a column without a path, -ENOSPC), and recording.py deflate's zlib stream of it (its size, or

@@ -890,7 +890,7 @@ int mp_sample_delta(struct mp_target *t, struct mp_sample *out, int32_t *cols, i
 
 int mp_delta_row(struct mp_target *t, struct mp_sample *out, int32_t *cols, int64_t *vals,
                  const struct mp_rowmap *m, const int32_t *x_ids, const int64_t *x_vals,
-                 const uint8_t *x_on, int nx, int deflate, int64_t *scal,
+                 const uint8_t *x_on, int nx, int deflate, int *nchanged, int64_t *scal,
                  int32_t *since_cols, int64_t *since_vals, int *nsince, uint8_t *blob, int cap)
 {
     static __thread char text[64 << 10];
@@ -899,6 +899,7 @@ int mp_delta_row(struct mp_target *t, struct mp_sample *out, int32_t *cols, int6
 
     if (n < 0)
         return n;
+    *nchanged = n;
     len = mp_row_text(m, cols, vals, n, x_ids, x_vals, x_on, nx, text, sizeof(text));
     if (len < 0) {
         t->delta_valid = 0;               /* what changed is not written: the next tick starts whole */

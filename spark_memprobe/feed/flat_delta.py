@@ -1,12 +1,12 @@
-"""A sampler's ticks as one flattened sample kept up to date from what C says changed, for the
-flight recorder's base ticks (docs/performance.md, Issue 22). A busy target's base tick used to
-build a Sample, flatten it and compare its ~150 paths with the last one written; here the C
-sampler compares its raw vector with the last one kept (csrc/memprobe.h mp_sample_delta) and
-only the columns that changed become paths and values, through the same layout burst records are
-read with (sources/native.py burst_layout, recording.burst_value). Anything else is left to the
-caller's whole path, whose flattened sample rebase() keeps: a process that came or went (C
-compares cgroup.procs), a file that failed or grew a key, a limit event, NVML notes, a column no
-path of the kept sample holds."""
+"""A sampler's base ticks as rows the C sampler writes, for the flight recorder (docs/performance.md,
+Issue 22). A busy target's base tick used to build a Sample, flatten it and compare its ~150 paths
+with the last one written, then JSON-encode and deflate what changed; here the C sampler compares
+its raw vector with the last one kept and writes the row itself (csrc/memprobe.h mp_delta_row):
+the changed columns become path ids and values through the layout burst records are read with
+(sources/native.py burst_layout, recording.burst_value) and a map this module builds per file.
+Anything else is left to the caller's whole path, whose flattened sample rebase() keeps: a process
+that came or went (C compares cgroup.procs), a file that failed or grew a key, a limit event,
+NVML notes, a column no path of the kept sample holds."""
 from __future__ import annotations
 
 from array import array
@@ -23,8 +23,8 @@ assert list(SCALARS.values()) == CG_SCALARS + HOST_SCALARS
 
 
 class FlatDelta:
-    """step() updates `flat` in place and returns what changed ({path: value}), or None: build the
-    sample whole (a fresh tick of the sampler), then rebase(its flat, sampler.last_c)."""
+    """row() gives a tick's row, or None: build the sample whole (a fresh tick of the sampler),
+    then rebase(its flat, sampler.last_c)."""
 
     def __init__(self, sampler):
         """sampler: the host's, or a target's whose processes it can watch (for_target)."""
@@ -33,13 +33,12 @@ class FlatDelta:
         self.by_col: dict[int, list[tuple[str, bool, bool]]] = {}   # column -> (path, limit, hundredths)
         self.lay: dict = {}
         self.gpu_keys: Optional[set] = None          # NVML read each tick: its paths, compared here
-        self.gpu_last: dict = {}                     # row(): NVML's paths as the last row left them
         self.maps: Optional[tuple] = None            # row(): (a file's path ids, its row map, extra ids)
-        self.wholes = 0                              # ticks step() or row() left to the whole path
+        self.wholes = 0                              # ticks row() left to the whole path
 
     @classmethod
     def for_target(cls, sampler) -> Optional["FlatDelta"]:
-        """A target's: its cgroup's processes are checked at every step (the caller marks them,
+        """A target's: its cgroup's processes are checked at every row (the caller marks them,
         mark(), before it lists them for a whole tick); None without the native sampler or a cgroup."""
         if not hasattr(sampler, "watch_procs") or not sampler.watch_procs():
             return None
@@ -58,22 +57,9 @@ class FlatDelta:
                 self.by_col.setdefault(col, []).append((path, path in limits, path in hundredths))
         live_nvml = self.sampler.want_nvml and not self.sampler.nvml_error
         self.gpu_keys = {p for p in flat if p == "gpus" or p.startswith("gpus/")} if live_nvml else None
-        self.gpu_last = {p: flat[p] for p in self.gpu_keys} if self.gpu_keys else {}
         self.maps = None
         self.sampler.delta_base(c)
         self.flat = flat
-
-    def step(self) -> Optional[dict]:
-        if self.flat is None:
-            return None
-        c, pairs = self.sampler.sample_delta()
-        changed = self._changed(c, pairs)
-        if changed is None:
-            self.flat = None
-            self.wholes += 1
-            return None
-        self.flat.update(changed)
-        return changed
 
     def _changed(self, c, pairs) -> Optional[dict]:
         if pairs is None:
@@ -95,40 +81,42 @@ class FlatDelta:
         return out
 
     # -- rows encoded in C (csrc/memprobe.h mp_delta_row) ------------------------------------
-    def row(self, ids: dict, gpu_ids: set, extra_paths: list[str], extra=None, extra_flat: Optional[dict] = None
-            ) -> Optional[tuple]:
-        """A tick as step(), written as a row by C: (mono_ns, wall_ns, blob, scalars, gpu_data,
-        Later) for RecordingWriter.add_row, or None: build the sample whole. flat stays the kept
-        whole sample. ids, gpu_ids: the file's path ids; extra_paths (paths of every sample,
-        the host's meminfo), extra (sources/native.py RowValues: their values and which moved
-        since this file's last sample) and extra_flat ({path: value} of all of them)."""
-        extra_flat = extra_flat or {}
-        if self.flat is None:
+    def row(self, ids: dict, gpu_ids: set, extra_paths: list[str] = (), extra=None,
+            extra_flat: Optional[dict] = None, keep: bool = False) -> Optional[tuple]:
+        """A tick written as a row by C: (mono_ns, wall_ns, blob, scalars, gpu_data,
+        the sample after it) for RecordingWriter.add_row, or None: build the sample whole.
+        ids, gpu_ids: the file's path ids; extra_paths (paths of every sample, the host's meminfo),
+        extra (sources/native.py RowValues: their values and which moved since this file's last
+        sample) and extra_flat ({path: value} of all of them). keep: flat is kept up to date
+        (the host's, whose meminfo and vmstat are wanted every tick) and NVML's paths compared
+        here; else flat stays the kept whole sample and the row's is built when asked (Later):
+        a target's, whose sampler reads no NVML (feed/multi.py)."""
+        if self.flat is None or (self.gpu_keys is not None and not keep):
             return None
         if self.maps is None or self.maps[0] is not ids:
             self.maps = (ids, *self._map(ids, extra_paths))
-        c, blob, scal, since = self.sampler.delta_row(self.maps[1], extra, self.maps[2], self.gpu_keys is None)
-        if blob is None:
+        c, blob, scal, since, pairs = self.sampler.delta_row(self.maps[1], extra, self.maps[2],
+                                                             self.gpu_keys is None, keep)
+        changed = self._changed(c, pairs) if keep and blob is not None else {}
+        if blob is None or changed is None:
             self.flat = None
             self.wholes += 1
             return None
-        gpu_data, gpus = None, {}
-        if self.gpu_keys is not None:
-            notes: list[str] = []
-            gpus = flatten(self.sampler.build("gpus", c, notes), "gpus")
-            if notes or gpus.keys() != self.gpu_keys:
-                self.flat = None
-                self.wholes += 1
-                return None
-            items = [[ids[p], v] for p, v in gpus.items() if self.gpu_last[p] != v]
-            self.gpu_last = gpus
+        if not keep:
+            scal += [v if isinstance(v := (extra_flat or {}).get(p), int) else None for p in HOST_SCALARS]
+            return c.mono_ns, c.wall_ns, blob, scal, None, Later(self, since, extra_flat or {})
+        flat = self.flat
+        flat.update(changed)
+        gpu_data = None
+        if self.gpu_keys is not None:            # NVML's changes: JSON here, and the zlib of it all
+            items = [[ids[p], v] for p, v in changed.items() if p == "gpus" or p.startswith("gpus/")]
             if items:
                 text = json_text(items)
                 blob = blob[:-1] + ("," if len(blob) > 2 else "").encode() + text[1:].encode()
                 gpu_data = text if any(i[0] in gpu_ids for i in items) else None
             blob = deflate(blob)
-        scal += [v if isinstance(v := extra_flat.get(p), int) else None for p in HOST_SCALARS]
-        return c.mono_ns, c.wall_ns, blob, scal, gpu_data, Later(self, since, extra_flat, gpus)
+        scal = [v if isinstance(v := flat.get(p), int) else None for p in SCALARS.values()]
+        return c.mono_ns, c.wall_ns, blob, scal, gpu_data, flat
 
     def _map(self, ids: dict, extra_paths: list[str]):
         from ..sources.native import ROW_HUNDREDTHS, ROW_INT, ROW_LIMIT, row_ids    # row() is native's only
@@ -142,12 +130,12 @@ class FlatDelta:
 
 class Later:
     """The flattened sample a row brought its file to, built when asked (whole()): the kept whole
-    sample, the columns that differ from it since (mp_delta_row), the extra paths and NVML's."""
-    __slots__ = ("base", "by_col", "lay", "since", "extra", "gpus")
+    sample, the columns that differ from it since (mp_delta_row) and the extra paths."""
+    __slots__ = ("base", "by_col", "lay", "since", "extra")
 
-    def __init__(self, d: FlatDelta, since: tuple[bytes, bytes], extra: dict, gpus: dict):
+    def __init__(self, d: FlatDelta, since: tuple[bytes, bytes], extra: dict):
         self.base, self.by_col, self.lay = d.flat, d.by_col, d.lay
-        self.since, self.extra, self.gpus = since, extra, gpus
+        self.since, self.extra = since, extra
 
     def __call__(self) -> dict:
         return self.whole()
@@ -161,5 +149,4 @@ class Later:
             for path, limit, hundredths in self.by_col.get(col, ()):
                 f[path] = burst_value(lay, path, v) if limit else v / 100 if hundredths else v
         f.update(self.extra)
-        f.update(self.gpus)
         return f

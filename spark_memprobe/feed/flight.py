@@ -728,7 +728,7 @@ class FlightRecorder:
     def _rebase(self, tr: Track, flat: dict) -> None:
         """Keep the base sample just written for the next base tick's delta (feed/flat_delta.py)."""
         if tr.key == HOST:
-            if tr.delta is None and hasattr(self.host_sampler, "sample_delta"):
+            if tr.delta is None and hasattr(self.host_sampler, "delta_row"):
                 tr.delta = FlatDelta(self.host_sampler)
         elif tr.event is not None or (tr.delta is not None and tr.delta.sampler is not tr.watched.follower.sampler):
             tr.delta = None                  # in a window (not marked), or a restart opened a new sampler
@@ -742,22 +742,16 @@ class FlightRecorder:
         d = tr.delta
         if d is None or d.flat is None:
             return False
-        if tr.key == HOST:
-            if now - self.kernel_at >= KERNEL_EVERY_S:
-                return False                   # the whole path reads the kernel's files too
-            changed = d.step()
-            if changed is None:
-                return False
-            flat = d.flat
-            # the same paths: the delta kept its shape
+        if tr.key != HOST:
+            return self._base_row(tr, d)               # read by _read_rows
+        if now - self.kernel_at >= KERNEL_EVERY_S:
+            return False                   # the whole path reads the kernel's files too
+        rec = self._base_file(tr)
+        tr.row = d.row(rec.w.path_ids, rec.w.gpu_ids, keep=True) if rec is not None and rec.w.row_due() else None
+        if tr.row is not None:
+            flat = d.flat                  # the same paths: the delta kept its shape
             self._host_parts({p: flat[p] for p in self.host_flat}, {p: flat[p] for p in self.host_vmstat})
-        else:
-            return self._base_row(tr, d)
-        mono, wall = flat["mono_ns"], flat["wall_ns"]
-        self._keep(tr, mono, wall, flat)
-        if not self._write_base(tr, lambda rec: rec.w.add_flat(mono, wall, flat, changed)):
-            d.flat = None
-        return True
+        return self._base_row(tr, d)
 
     def _read_rows(self, texts: dict, now: float) -> None:
         """Each target whose base tick can be a row (FlatDelta.row) read now, one after another,

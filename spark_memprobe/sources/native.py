@@ -300,22 +300,7 @@ class NativeSampler(BaseSampler):
             self.add_detail(s)
         return s
 
-    # -- flight base ticks (csrc/memprobe.h mp_sample_delta) ----------------------
-    def sample_delta(self) -> tuple[object, Optional[list[tuple[int, int]]]]:
-        """One tick as sample() (never full), compared in C with the raw vector kept by the last
-        call or by delta_base(): (struct, [(raw column, new value)] of the columns that changed),
-        or (struct, None) when the whole sample has to be built (to_sample(struct)) and kept."""
-        if not hasattr(self, "_dcols"):
-            self._dcols = ffi.new("int32_t[]", lib.MP_RAW_LEN)
-            self._dvals = ffi.new("int64_t[]", lib.MP_RAW_LEN)
-        c = ffi.new("struct mp_sample *")
-        n = lib.mp_sample_delta(self.t, c, self._dcols, self._dvals, lib.MP_RAW_LEN)
-        self.full_reads += c.stat_mono_ns == c.mono_ns
-        self.last_c = c
-        if n == lib.MP_DELTA_WHOLE:
-            return c, None
-        return c, list(zip(self._dcols[0:n], self._dvals[0:n]))
-
+    # -- flight base ticks (csrc/memprobe.h mp_delta_row) -------------------------
     def row_map(self, items: list[tuple[int, int, int]], limit_floor: Optional[int], scal_cols: list[int]):
         """The rows' map for delta_row (csrc/memprobe.h struct mp_rowmap): items (raw column, path
         id, kind: ROW_INT, ROW_HUNDREDTHS or ROW_LIMIT) sorted by column, at most ROW_ITEMS_MAX;
@@ -332,12 +317,15 @@ class NativeSampler(BaseSampler):
         m.scal_cols[0:lib.MP_ROW_SCALARS] = scal_cols
         return m
 
-    def delta_row(self, m, host: Optional["RowValues"], x_ids, deflate: bool):
-        """A base tick as sample_delta, its row encoded in C (mp_delta_row): (struct, bytes of the
+    def delta_row(self, m, host: Optional["RowValues"], x_ids, deflate: bool, pairs: bool = False):
+        """A base tick (never full) compared in C with the raw vector kept by the last call or by
+        delta_base(), its row encoded there (mp_delta_row): (struct, bytes of the
         row: zlib of its JSON, or the JSON when not deflate; the ROW_SCALARS values, MISSING as
         None; (columns, values) where the vector differs from the one delta_base kept, as int32
-        and int64 bytes), or (struct, None, None, None): build the whole sample, as sample_delta.
-        The struct is this method's own, overwritten by its next call. host: the extra items' values and which of them moved, x_ids their ids in this file."""
+        and int64 bytes); with pairs, the changed (raw column, new value) pairs, else None), or
+        (struct, None, None, None, None): build the whole sample (to_sample(struct)) and keep it.
+        The struct is this method's own, overwritten by its next call. host: the extra items'
+        values and which of them moved, x_ids their ids in this file."""
         if not hasattr(self, "_rcols"):
             self._rcols = ffi.new("int32_t[]", lib.MP_RAW_LEN)
             self._rvals = ffi.new("int64_t[]", lib.MP_RAW_LEN)
@@ -345,6 +333,7 @@ class NativeSampler(BaseSampler):
             self._svals = ffi.new("int64_t[]", lib.MP_RAW_LEN)
             self._scal = ffi.new("int64_t[]", lib.MP_ROW_SCALARS)
             self._nsince = ffi.new("int *")
+            self._nchanged = ffi.new("int *")
             self._blob = ffi.new("uint8_t[]", ROW_BLOB_CAP)
             # one struct for every row: a new one (20 KB) each time cost an allocation, a free that
             # trimmed the heap and the page faults of growing it again (perf: brk, page faults)
@@ -352,29 +341,33 @@ class NativeSampler(BaseSampler):
         c = self._rc
         if host is None:
             n = lib.mp_delta_row(self.t, c, self._rcols, self._rvals, m, ffi.NULL, ffi.NULL, ffi.NULL, 0,
-                                 deflate, self._scal, self._scols, self._svals, self._nsince, self._blob, ROW_BLOB_CAP)
+                                 deflate, self._nchanged, self._scal, self._scols, self._svals, self._nsince,
+                                 self._blob, ROW_BLOB_CAP)
         else:
             n = lib.mp_delta_row(self.t, c, self._rcols, self._rvals, m, x_ids, host.vals, host.moved, host.n,
-                                 deflate, self._scal, self._scols, self._svals, self._nsince, self._blob, ROW_BLOB_CAP)
+                                 deflate, self._nchanged, self._scal, self._scols, self._svals, self._nsince,
+                                 self._blob, ROW_BLOB_CAP)
         self.full_reads += c.stat_mono_ns == c.mono_ns
         self.last_c = c
         if n < 0:
-            return c, None, None, None
-        ns = self._nsince[0]
-        return (c, bytes(ffi.buffer(self._blob, n)), [None if v == MISSING else v for v in self._scal],
-                (bytes(ffi.buffer(self._scols, 4 * ns)), bytes(ffi.buffer(self._svals, 8 * ns))))
+            return c, None, None, None, None
+        ns, nc = self._nsince[0], self._nchanged[0]
+        scal = ffi.unpack(self._scal, lib.MP_ROW_SCALARS)      # unpack: a C loop (indexing is ~0.2 us a value)
+        return (c, bytes(ffi.buffer(self._blob, n)), [None if v == MISSING else v for v in scal],
+                (bytes(ffi.buffer(self._scols, 4 * ns)), bytes(ffi.buffer(self._svals, 8 * ns))),
+                list(zip(ffi.unpack(self._rcols, nc), ffi.unpack(self._rvals, nc))) if pairs else None)
 
     def delta_base(self, c) -> None:
-        """Keep the raw vector of struct c (a tick of this sampler) for sample_delta to compare with."""
+        """Keep the raw vector of struct c (a tick of this sampler) for delta_row to compare with."""
         lib.mp_delta_base(self.t, c)
 
     def watch_procs(self) -> bool:
-        """Have sample_delta check the cgroup's processes (csrc/memprobe.h mp_procs_watch); False
+        """Have delta_row check the cgroup's processes (csrc/memprobe.h mp_procs_watch); False
         when the directory cannot be opened."""
         return bool(self.cgroup_dir) and lib.mp_procs_watch(self.t, self.cgroup_dir.encode()) == 0
 
     def mark_procs(self) -> None:
-        """Read cgroup.procs as sample_delta's reference: call it before listing the processes."""
+        """Read cgroup.procs as delta_row's reference: call it before listing the processes."""
         lib.mp_procs_mark(self.t)
 
     # -- background loop ---------------------------------------------------------
