@@ -201,8 +201,9 @@ int mp_row_deflate(const char *text, int len, uint8_t *blob, int cap);
  * mp_sample_delta answers MP_DELTA_WHOLE unless the directory still has no child cgroup (kernfs
  * counts 2 + subdirectories) and cgroup.procs, opened anew (a kept v1 descriptor reads a cached
  * pid list: docs/facts.md#f-v1-procs-cached), reads as at the mark: the caller marks before it
- * lists the processes, so one that joined since is seen. */
-int mp_procs_watch(struct mp_target *t, const char *cgroup_dir);
+ * lists the processes, so one that joined since is seen.  keep_open (cgroup v2 only:
+ * docs/facts.md#f-v2-procs-fresh): cgroup.procs is opened once and read again at offset 0. */
+int mp_procs_watch(struct mp_target *t, const char *cgroup_dir, int keep_open);
 int mp_procs_mark(struct mp_target *t);
 
 /* The flight recorder's 100 ms ring (feed/flight.py): one pread at offset 0 of each of n

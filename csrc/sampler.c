@@ -62,6 +62,7 @@ struct mp_target {
     int64_t *delta;                       /* mp_sample_delta: the kept vector, then the new one */
     int delta_valid;
     int procs_dirfd;                      /* mp_procs_watch: the cgroup directory, O_PATH; -1: none */
+    int procs_keep, procs_fd;             /* v2: cgroup.procs kept open (-1: not open) */
     char *procs_text;                     /* cgroup.procs at mp_procs_mark */
     int procs_len;                        /* its length; -1: not marked */
     pthread_mutex_t ring_lock;
@@ -130,6 +131,7 @@ struct mp_target *mp_target_new(void)
     for (int i = 0; i < MP_PROCS_MAX; i++)
         t->pid_fd[i] = -1;
     t->procs_dirfd = -1;
+    t->procs_fd = -1;
     t->procs_len = -1;
     return t;
 }
@@ -163,6 +165,8 @@ void mp_target_free(struct mp_target *t)
     free(t->procs_text);
     if (t->procs_dirfd >= 0)
         close(t->procs_dirfd);
+    if (t->procs_fd >= 0)
+        close(t->procs_fd);
     free(t->buf);
     free(t);
 }
@@ -803,19 +807,27 @@ static int procs_read(struct mp_target *t)
 
     if (fstat(t->procs_dirfd, &st) < 0 || st.st_nlink != 2)
         return -1;
-    fd = openat(t->procs_dirfd, "cgroup.procs", O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return -1;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return -1;
+    fd = t->procs_fd;
+    if (fd < 0) {
+        fd = openat(t->procs_dirfd, "cgroup.procs", O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+            return -1;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+            close(fd);
+            return -1;
+        }
     }
     n = pread_intr(fd, t->buf, MP_PROCS_TEXT_MAX, 0);
-    close(fd);
+    if (t->procs_keep && n >= 0) {
+        t->procs_fd = fd;
+    } else {
+        close(fd);                        /* v1 (a kept one reads a cached list), or a failed read */
+        t->procs_fd = -1;
+    }
     return n < 0 || n >= MP_PROCS_TEXT_MAX ? -1 : (int)n;
 }
 
-int mp_procs_watch(struct mp_target *t, const char *cgroup_dir)
+int mp_procs_watch(struct mp_target *t, const char *cgroup_dir, int keep_open)
 {
     int fd = open(cgroup_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
@@ -827,7 +839,11 @@ int mp_procs_watch(struct mp_target *t, const char *cgroup_dir)
     }
     if (t->procs_dirfd >= 0)
         close(t->procs_dirfd);
+    if (t->procs_fd >= 0)
+        close(t->procs_fd);
     t->procs_dirfd = fd;
+    t->procs_fd = -1;
+    t->procs_keep = keep_open;
     t->procs_len = -1;
     return 0;
 }

@@ -364,7 +364,7 @@ class NativeSampler(BaseSampler):
     def watch_procs(self) -> bool:
         """Have delta_row check the cgroup's processes (csrc/memprobe.h mp_procs_watch); False
         when the directory cannot be opened."""
-        return bool(self.cgroup_dir) and lib.mp_procs_watch(self.t, self.cgroup_dir.encode()) == 0
+        return bool(self.cgroup_dir) and lib.mp_procs_watch(self.t, self.cgroup_dir.encode(), self.version == 2) == 0
 
     def mark_procs(self) -> None:
         """Read cgroup.procs as delta_row's reference: call it before listing the processes."""

@@ -293,3 +293,41 @@ def test_native_pure_parity_live(cgroups, worker_in, open_samplers):
     assert n.meminfo.bytes.keys() == p1.meminfo.bytes.keys()
     assert n.meminfo.get("MemTotal") == p1.meminfo.get("MemTotal")
     assert n.vmstat.counters.keys() == p1.vmstat.counters.keys()
+
+
+def test_flight_rows_see_a_joining_process_through_one_kept_descriptor(v2root, cgroups, worker_in):
+    """The flight recorder's rows (feed/flat_delta.py) check a target's processes each base tick:
+    on v2 through one cgroup.procs descriptor kept open and read again at offset 0
+    (docs/facts.md#f-v2-procs-fresh), which must still see a process that joins."""
+    from conftest import sampler_classes
+    from spark_memprobe.feed.flat_delta import FlatDelta
+    from spark_memprobe.recording import flatten
+    native = sampler_classes()[1]
+    cg = cgroups.make()
+    worker_in(cg)
+    s = native(cgroup_root=v2root, cgroup=cg.rel, host_files=False)
+    procs = os.path.realpath(f"{cg.dir}/cgroup.procs")
+
+    def kept() -> int:
+        return sum(os.path.realpath(f"/proc/self/fd/{n}") == procs for n in os.listdir("/proc/self/fd"))
+
+    def whole_tick(d):
+        d.mark()
+        s.refresh_pids()
+        d.rebase(flatten(s.sample(full=True)), s.last_c)
+
+    try:
+        d = FlatDelta.for_target(s)
+        assert d is not None
+        whole_tick(d)
+        ids = {p: i for i, p in enumerate(d.flat)}
+        assert d.row(ids, set(), keep=True) is not None and d.row(ids, set(), keep=True) is not None
+        assert kept() == 1, "cgroup.procs was not kept open (or opened more than once)"
+        worker_in(cg)
+        assert d.row(ids, set(), keep=True) is None, "a process joined and the kept descriptor did not show it"
+        whole_tick(d)
+        assert len(s.pids) == 2 and d.row({p: i for i, p in enumerate(d.flat)}, set(), keep=True) is not None
+        assert kept() == 1
+    finally:
+        s.close()
+    assert kept() == 0, "cgroup.procs left open after the sampler closed"
