@@ -171,19 +171,25 @@ def test_preads_read_each_file_and_say_which_failed(tmp_path):
             os.close(fd)
 
 
-def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
+def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path, monkeypatch):
     """The flight recorder itself, in-process, over a busy cgroup: its base ticks go the delta
     way, the base file decodes to exactly the samples it kept, and an event file opened after
-    them holds those samples with the host's vmstat in place of VMSTAT_NOTE."""
+    them holds those samples with the host's vmstat in place of VMSTAT_NOTE. The host's kernel
+    files (here every 2 s) are read without a whole tick of the host."""
     from spark_memprobe.analysis.flight import flight_files
+    from spark_memprobe.feed import flight
     from spark_memprobe.feed.flat_delta import Later
     from spark_memprobe.feed.flight import HOST, LIGHT_NOTE, VMSTAT_NOTE
     from spark_memprobe.feed.flight import whole as whole_flat
+    monkeypatch.setattr(flight, "KERNEL_EVERY_S", 2.0)
     cg.start_child()
     path = fresh_file(str(tmp_path), MiB)
     fr = in_process(str(tmp_path / "flight"), [cg])
     try:
-        run_busy(fr, cg, path, 6)
+        run_busy(fr, cg, path, 1.5)
+        host_flat = fr.tracks[HOST].delta.flat          # a whole tick of the host would replace it
+        run_busy(fr, cg, path, 4.5)
+        assert fr.tracks[HOST].delta.flat is host_flat, "the host had a whole tick (its kernel files?)"
         tr = next(t for k, t in fr.tracks.items() if k != HOST)
         assert tr.delta is not None and tr.delta.flat is not None, "the target's base ticks never went the delta way"
         assert sum(isinstance(e[2], Later) for e in tr.full) >= 4, "the target's base ticks were not C's rows"
@@ -193,6 +199,9 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path):
         fr.tick()
     finally:
         fr.close()
+    [host] = [f for f in flight_files(str(tmp_path / "flight")) if f.kind == "base" and f.rest == "host"]
+    with Recording(host.path) as rec:
+        assert len(rec.events("kernel")) >= 2, "the host's kernel files were not read every 2 s"
     base = [f for f in flight_files(str(tmp_path / "flight")) if f.kind == "base" and f.rest != "host"]
     assert len(base) == 1
     with Recording(base[0].path) as rec:

@@ -744,9 +744,14 @@ class FlightRecorder:
             return False
         if tr.key != HOST:
             return self._base_row(tr, d)               # read by _read_rows
-        if now - self.kernel_at >= KERNEL_EVERY_S:
-            return False                   # the whole path reads the kernel's files too
         rec = self._base_file(tr)
+        if rec is not None and now - self.kernel_at >= KERNEL_EVERY_S:
+            self.kernel_at = now                        # the kernel's files, without a whole tick
+            self.kernel.poll(None)
+            try:
+                rec.write(FeedItem(sample=None, kernel=self.kernel.kernel))     # a "kernel" event when it changed
+            except RecordingError as e:
+                self.log(str(e))
         tr.row = d.row(rec.w.path_ids, rec.w.gpu_ids, keep=True) if rec is not None and rec.w.row_due() else None
         if tr.row is not None:
             flat = d.flat                  # the same paths: the delta kept its shape
