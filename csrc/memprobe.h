@@ -219,14 +219,14 @@ int64_t mp_pread_many(const int *fds, const int32_t *caps, int n, char *buf, int
 struct mp_ring;
 struct mp_ring *mp_ring_start(const int *fds, const int32_t *caps, int n, int64_t interval_ns, int slots,
                               int64_t avail_below_bytes, int low, int notify_fd, int *err);
-/* The entries after number `after`, oldest first, up to max: each one's number, times, bytes
- * (its texts one after another in buf) and n lens (as mp_pread_many's).  Returns how many were
- * copied, or -ENOSPC when buf cannot hold the first. */
+/* The entries after number `after` (MP_RING_NEWEST: the newest alone), oldest first, up to max:
+ * each one's number, times, bytes (its texts one after another in buf) and n lens (as
+ * mp_pread_many's).  Returns how many were copied, or -ENOSPC when buf cannot hold the first. */
+#define MP_RING_NEWEST 0xffffffffffffffff
 int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int64_t *mono, int64_t *wall,
                  int64_t *used, char *buf, int64_t buflen, int32_t *lens);
 /* The last MemAvailable read, bytes (-1: none); *low: it was below avail_below_bytes. */
 int64_t mp_ring_avail(struct mp_ring *r, int *low);
-uint64_t mp_ring_seq(struct mp_ring *r);          /* the newest entry's number (0: none yet) */
 void mp_ring_stop(struct mp_ring *r);          /* joins the thread, closes its descriptors, frees */
 int64_t mp_sampler_cpu_ns(struct mp_target *t);
 

@@ -221,7 +221,9 @@ int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int6
 
     pthread_mutex_lock(&r->lock);
     first = r->seq > (uint64_t)r->slots ? r->seq - (uint64_t)r->slots + 1 : 1;
-    if (after + 1 > first)
+    if (after == MP_RING_NEWEST)
+        first = r->seq ? r->seq : 1;
+    else if (after + 1 > first)
         first = after + 1;
     for (uint64_t s = first; s <= r->seq && got < max; s++) {
         struct ring_entry *e = &r->e[s % (uint64_t)r->slots];
@@ -241,15 +243,6 @@ int mp_ring_copy(struct mp_ring *r, uint64_t after, int max, uint64_t *seq, int6
     }
     pthread_mutex_unlock(&r->lock);
     return got == 0 && cut ? -ENOSPC : got;
-}
-
-uint64_t mp_ring_seq(struct mp_ring *r)
-{
-    uint64_t s;
-    pthread_mutex_lock(&r->lock);
-    s = r->seq;
-    pthread_mutex_unlock(&r->lock);
-    return s;
 }
 
 int64_t mp_ring_avail(struct mp_ring *r, int *low)

@@ -521,8 +521,7 @@ class NativeRing:
     def newest(self) -> Optional[tuple[int, int, bytes, list[int]]]:
         """The newest entry as take() gives it, left for take() (None: none yet)."""
         out: list = []
-        seq = lib.mp_ring_seq(self.r)
-        return out[0] if seq and self._copy(seq - 1, 1, out) > 0 else None
+        return out[0] if self._copy(lib.MP_RING_NEWEST, 1, out) > 0 else None
 
     def _copy(self, after: int, most: int, out: list) -> int:
         got = lib.mp_ring_copy(self.r, after, most, self._seq, self._mono, self._wall, self._used,
