@@ -55,18 +55,33 @@ def test_idle_target_is_not_read_again(cg, cls):
         assert smp.full_reads == 3
 
 
+def idle_tick(smp):
+    """A tick carried from the last full read, its usage counter unchanged since. The idle child's
+    usage can still move by a late charge (seen once in CI, in a fresh-clone run): a tick whose
+    counter moved must be read in full, and the next one is tried."""
+    prev = smp.sample()
+    for _ in range(20):
+        s = smp.sample()
+        if s.cgroup.current_bytes == prev.cgroup.current_bytes:
+            assert carried_from(s) == (carried_from(prev) or prev.mono_ns)
+            return s
+        assert carried_from(s) is None
+        prev = s
+    pytest.fail("the idle child's usage moved at every one of 20 ticks")
+
+
 @pytest.mark.parametrize("cls", SAMPLERS, ids=lambda c: c.kind)
 def test_a_change_of_usage_is_read_in_full_at_the_next_tick(cg, cls):
     cg.start_child()
     with cls(cgroup=cg.path, version=cg.version, stat_max_age_s=30) as smp:
-        a = smp.sample()
-        assert carried_from(smp.sample()) == a.mono_ns
+        a = idle_tick(smp)
+        reads = smp.full_reads
         cg.do(f"anon {8 * MiB}")
         b = smp.sample()
-        assert carried_from(b) is None and smp.full_reads == 2
+        assert carried_from(b) is None and smp.full_reads == reads + 1
         assert b.cgroup.stat_get("anon") - a.cgroup.stat_get("anon") >= 8 * MiB - 64 * 1024
         assert b.processes[0].rss_anon_bytes - a.processes[0].rss_anon_bytes >= 8 * MiB - 64 * 1024
-        assert carried_from(smp.sample()) == b.mono_ns       # idle again: carried from the new read
+        assert carried_from(idle_tick(smp)) >= b.mono_ns     # idle again: carried from the new read (or a later one)
 
 
 @pytest.mark.parametrize("cls", SAMPLERS, ids=lambda c: c.kind)

@@ -20,7 +20,6 @@ from .procfs import MALFORMED_KV, STATUS_FIELDS, note_kv_problems
 MISSING = lib.MP_MISSING
 UNLIMITED = lib.MP_UNLIMITED
 ROW_INT, ROW_HUNDREDTHS, ROW_LIMIT = lib.MP_ROW_INT, lib.MP_ROW_HUNDREDTHS, lib.MP_ROW_LIMIT
-ROW_ITEMS_MAX, ROW_SCALARS = lib.MP_ROW_ITEMS_MAX, lib.MP_ROW_SCALARS
 ROW_BLOB_CAP = 64 << 10
 
 
@@ -303,8 +302,9 @@ class NativeSampler(BaseSampler):
     # -- flight base ticks (csrc/memprobe.h mp_delta_row) -------------------------
     def row_map(self, items: list[tuple[int, int, int]], limit_floor: Optional[int], scal_cols: list[int]):
         """The rows' map for delta_row (csrc/memprobe.h struct mp_rowmap): items (raw column, path
-        id, kind: ROW_INT, ROW_HUNDREDTHS or ROW_LIMIT) sorted by column, at most ROW_ITEMS_MAX;
-        scal_cols the columns of the scalar values (-1: none), ROW_SCALARS of them."""
+        id, kind: ROW_INT, ROW_HUNDREDTHS or ROW_LIMIT) sorted by column, one per path of the kept
+        sample (~700 at most, MP_ROW_ITEMS_MAX fit); scal_cols the columns of the scalar values
+        (-1: none), MP_ROW_SCALARS of them."""
         m = ffi.new("struct mp_rowmap *")
         at = 0
         for col in range(lib.MP_RAW_LEN):
@@ -320,7 +320,7 @@ class NativeSampler(BaseSampler):
     def delta_row(self, m, host: Optional["RowValues"], x_ids, deflate: bool, pairs: bool = False):
         """A base tick (never full) compared in C with the raw vector kept by the last call or by
         delta_base(), its row encoded there (mp_delta_row): (struct, bytes of the
-        row: zlib of its JSON, or the JSON when not deflate; the ROW_SCALARS values, MISSING as
+        row: zlib of its JSON, or the JSON when not deflate; the MP_ROW_SCALARS values, MISSING as
         None; (columns, values) where the vector differs from the one delta_base kept, as int32
         and int64 bytes); with pairs, the changed (raw column, new value) pairs, else None), or
         (struct, None, None, None, None): build the whole sample (to_sample(struct)) and keep it.
