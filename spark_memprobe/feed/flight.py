@@ -238,8 +238,7 @@ class Track:
         self.full: collections.deque = collections.deque()
         self.delta: Optional[FlatDelta] = None       # base ticks from what C says changed
         self.host_gen = -1                           # FlightRecorder.host_gen at its last whole tick
-        self.host_tick = -1                          # FlightRecorder.host_tick its flat's meminfo is from
-        self.host_seen: dict = {}                    # and that meminfo (FlightRecorder.host_flat then)
+        self.host_seen: dict = {}                    # the host's meminfo its file's last sample holds
         self.row: Optional[tuple] = None             # its row of this base tick, read and not yet written
         self.full_usage: Optional[bytes] = None      # usage counter text at the last whole base sample
         self.full_at = float("-inf")
@@ -262,7 +261,7 @@ class FlightRecorder:
         self.host_now: Optional[Sample] = None       # the host's sample of this tick, if it has one
         self.host_flat: dict = {}                    # the meminfo of the last base one, flattened
         self.host_gen = 0                            # counts changes of host_flat's paths
-        self.host_tick = 0                           # counts host_flat's readings
+        self.host_before: dict = {}                  # host_flat before its last reading
         self.host_moved: dict = {}                   # what moved in host_flat at its last reading
         self.host_paths: list[str] = []              # host_flat's paths, in order
         self.host_row = None                         # host_moved for targets' rows (_base_row), once a tick
@@ -549,16 +548,16 @@ class FlightRecorder:
                 self._read_rows(texts, now)
             if base and tr.watch is not None and tr.watch.version == 1 and not (fast and self._events_seen(tr)):
                 self._events(tr)      # v1 failcnt has no notification: looked at once a base period
-        for tr in self.tracks.values():
-            if tr.row is not None:            # read and not written (a trigger opened its window since):
-                tr.row = None                 # C's kept vector is past the file's last sample
-                tr.delta.flat = None
         if self.probes is not None and all(t.event is None for t in self.tracks.values()):
             self.probes.stop()
             self.log("eBPF probes stopped: no trigger window open" + (f" ({self.probes.error})"
                                                                        if self.probes.error else ""))
             self.probes = None
         if base:
+            for tr in self.tracks.values():
+                if tr.row is not None:        # read and not written (a trigger opened its window since):
+                    tr.row = None             # C's kept vector is past the file's last sample
+                    tr.delta.flat = None
             for r in self.dirty:
                 r.commit()                    # at most one second is ever uncommitted (kill -9)
             self.dirty.clear()
@@ -705,9 +704,8 @@ class FlightRecorder:
     def _host_parts(self, meminfo: dict, vmstat: dict) -> None:
         if meminfo.keys() != self.host_flat.keys():
             self.host_gen += 1                 # the targets' kept samples no longer have these paths
-        old = self.host_flat
+        old = self.host_before = self.host_flat
         self.host_moved = {p: v for p, v in meminfo.items() if old.get(p, _NONE) != v}
-        self.host_tick += 1
         self.host_paths, self.host_row = list(meminfo), None
         self.host_flat, self.host_vmstat = meminfo, vmstat
 
@@ -734,7 +732,7 @@ class FlightRecorder:
             tr.delta = None                  # in a window (not marked), or a restart opened a new sampler
         if tr.delta is not None:
             tr.delta.rebase(flat, tr.delta.sampler.last_c)
-            tr.host_gen, tr.host_tick, tr.host_seen = self.host_gen, self.host_tick, self.host_flat
+            tr.host_gen, tr.host_seen = self.host_gen, self.host_flat
 
     def _base_delta(self, tr: Track, now: float) -> bool:
         """A base tick from what changed since the last one (feed/flat_delta.py): True when done;
@@ -773,7 +771,7 @@ class FlightRecorder:
             if rec is None or not rec.w.row_due():
                 continue                              # a new file or a keyframe: the whole path
             # the host's meminfo of this tick: the values that moved since the file's last sample
-            if tr.host_tick == self.host_tick - 1:
+            if tr.host_seen is self.host_before:       # the file's last sample was the host's last tick
                 if self.host_row is None:
                     self.host_row = self._row_values(lambda p, v: p in self.host_moved)
                 moved = self.host_row
@@ -799,7 +797,7 @@ class FlightRecorder:
             d.flat = None
             return True
         self.dirty.add(tr.base)
-        tr.host_tick, tr.host_seen = self.host_tick, self.host_flat
+        tr.host_seen = self.host_flat
         self._keep(tr, row[0], row[1], row[5])
         return True
 

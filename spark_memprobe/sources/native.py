@@ -339,14 +339,9 @@ class NativeSampler(BaseSampler):
             # trimmed the heap and the page faults of growing it again (perf: brk, page faults)
             self._rc = ffi.new("struct mp_sample *")
         c = self._rc
-        if host is None:
-            n = lib.mp_delta_row(self.t, c, self._rcols, self._rvals, m, ffi.NULL, ffi.NULL, ffi.NULL, 0,
-                                 deflate, self._nchanged, self._scal, self._scols, self._svals, self._nsince,
-                                 self._blob, ROW_BLOB_CAP)
-        else:
-            n = lib.mp_delta_row(self.t, c, self._rcols, self._rvals, m, x_ids, host.vals, host.moved, host.n,
-                                 deflate, self._nchanged, self._scal, self._scols, self._svals, self._nsince,
-                                 self._blob, ROW_BLOB_CAP)
+        x_vals, x_on, nx = (ffi.NULL, ffi.NULL, 0) if host is None else (host.vals, host.moved, host.n)
+        n = lib.mp_delta_row(self.t, c, self._rcols, self._rvals, m, x_ids, x_vals, x_on, nx, deflate,
+                             self._nchanged, self._scal, self._scols, self._svals, self._nsince, self._blob, ROW_BLOB_CAP)
         self.full_reads += c.stat_mono_ns == c.mono_ns
         self.last_c = c
         if n < 0:
