@@ -190,6 +190,13 @@ def test_a_busy_flight_recording_reads_back_as_kept(cg, tmp_path, monkeypatch):
         host_flat = fr.tracks[HOST].delta.flat          # a whole tick of the host would replace it
         run_busy(fr, cg, path, 4.5)
         assert fr.tracks[HOST].delta.flat is host_flat, "the host had a whole tick (its kernel files?)"
+        # the target idle for a base tick: its next row takes all the host's meminfo moved since its
+        # file's last sample, not only what moved at the host's last tick
+        end = time.monotonic() + 1.2
+        while time.monotonic() < end:
+            fr.tick()
+            time.sleep(0.1)
+        run_busy(fr, cg, path, 2.5)
         tr = next(t for k, t in fr.tracks.items() if k != HOST)
         assert tr.delta is not None and tr.delta.flat is not None, "the target's base ticks never went the delta way"
         assert sum(isinstance(e[2], Later) for e in tr.full) >= 4, "the target's base ticks were not C's rows"
