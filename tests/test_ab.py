@@ -88,7 +88,9 @@ def test_as_is_cache_differs_refused_and_file_named(dockerd, standin, tmp_path):
     assert "memprobe-ab-" in runs[0]["target"] and "docker" in runs[1]["target"], runs
     assert not [n for n in os.listdir("/sys/fs/cgroup/memory") if n.startswith("memprobe-ab-")]
     before = [x["cache_before"][0]["cached_bytes"] for x in runs]
-    assert before[0] < MiB and all(b >= MODEL_MIB * MiB - MiB for b in before[1:]), before
+    # the later runs start warm: CI once saw 254 of the 256 MiB before run 2 (a busy host's reclaim
+    # took 2 MiB between runs), so "warm" is most of the model, not every page of it
+    assert before[0] < MiB and all(b >= MODEL_MIB * MiB * 15 // 16 for b in before[1:]), before
     # the cold first run paid for the model: A is lower by about half the model on average
     a1, a4 = runs[0]["value_bytes"], runs[3]["value_bytes"]
     assert a4 - a1 > MODEL_MIB * MiB * 3 // 4, (a1, a4)
