@@ -451,10 +451,13 @@ def _writes(method):
 
 class RecordingWriter:
     def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None,
-                 commit_every_s: Optional[float] = COMMIT_EVERY_S):
+                 commit_every_s: Optional[float] = COMMIT_EVERY_S, page_size: Optional[int] = None):
         """commit_every_s: commit on a write at least this long after the last commit; None:
-        only when commit() is called (the flight recorder commits every file once a second)."""
+        only when commit() is called (the flight recorder commits every file once a second).
+        page_size: SQLite's page in bytes (None: its default, 4096). A commit writes every page
+        it changed whole to the -wal: a file that takes one small row a commit writes a page a row."""
         self.path = path
+        self.page_size = page_size
         self.commit_every_s = commit_every_s
         self.db = None
         try:
@@ -484,6 +487,8 @@ class RecordingWriter:
         old = os.umask(0o077)          # -wal and -shm files get 0600 too
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if self.page_size:
+                self.db.execute(f"PRAGMA page_size={int(self.page_size)}")     # before WAL: fixed after
             self.db.execute("PRAGMA journal_mode=WAL")
         finally:
             os.umask(old)

@@ -7,6 +7,7 @@ import io
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -94,6 +95,9 @@ def test_oom_kill_is_recorded_at_100ms_and_reported(cg, tmp_path):
     assert "trigger oom_kill" in out, out
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
     assert all(stat.S_IMODE(os.stat(f.path).st_mode) == 0o600 for f in flight_files(d))
+    # base files take one small row a commit: 1 KiB pages (feed/flight.py BASE_PAGE_BYTES); event files,
+    # ten 100 ms samples a commit, SQLite's default
+    assert {(f.kind, page_size(f.path)) for f in flight_files(d)} == {("base", 1024), ("event", 4096)}
     ev = [f for f in flight_files(d) if f.kind == "event"]
     assert {f.rest.split("-", 1)[1] for f in ev} == {"host", label}      # the target's window and the host's
     target_ev = next(f for f in ev if f.rest.endswith(label))
@@ -127,6 +131,11 @@ def test_oom_kill_is_recorded_at_100ms_and_reported(cg, tmp_path):
     with redirect_stdout(text):
         assert main(["report", target_base]) == 0          # a target's base file alone still reports
     assert "anon" in text.getvalue()
+
+
+def page_size(path: str) -> int:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute("PRAGMA page_size").fetchone()[0]
 
 
 def rec_samples(path: str) -> list:

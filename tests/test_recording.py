@@ -95,6 +95,30 @@ def test_live_samples_delta_and_keyframes(tmp_path):
     print(f"{size / len(want):.0f} bytes per sample (host-only samples)")
 
 
+@pytest.mark.parametrize("page", [None, 1024])
+def test_a_commit_of_one_small_row_writes_one_page_to_the_wal(tmp_path, page):
+    """Why the flight recorder's base files have 1 KiB pages (feed/flight.py BASE_PAGE_BYTES):
+    each commit of a ~200-byte row appends the leaf page it changed, whole, to the -wal."""
+    path = str(tmp_path / "rows.db")
+    w = RecordingWriter(path, {}, commit_every_s=None, page_size=page)
+    flat = {"cgroup/current_bytes": 1 << 20, "cgroup/stat/anon": 0}
+    w.add_flat(1, 1, dict(flat))
+    w.commit()
+    wal0 = os.path.getsize(path + "-wal")
+    for i in range(40):                 # one changed value a second, each its own commit
+        flat["cgroup/current_bytes"] += 4096 * (i + 1)
+        w.add_flat(2 + i, 2 + i, dict(flat))
+        w.commit()
+    per_commit = (os.path.getsize(path + "-wal") - wal0) / 40
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    w.close()
+    assert size == (page or 4096)
+    assert size + 24 <= per_commit <= 1.25 * (size + 24), (size, per_commit)       # 24: the frame header
+    with Recording(path) as r:
+        assert len(r) == 41
+
+
 WRITER = r"""
 import sys, time
 from spark_memprobe.recording import RecordingWriter

@@ -1,7 +1,8 @@
 """Base cost of the flight recorder (docs/performance.md, "Issue 22: flight recorder"): N live
 memory cgroups with a small process each, `memprobe record --dir` over all of them at 1 Hz, its
-CPU time (utime + stime from /proc/<pid>/stat) over a measured stretch after a warm-up, and the
-bytes it wrote, scaled to a day. Beside it, over the same cgroups and the same seconds:
+CPU time (its threads' schedstat) over a measured stretch after a warm-up, the
+bytes its files hold and the bytes it wrote to storage (SQLite's -wal takes a whole page a
+commit), both scaled to a day. Beside it, over the same cgroups and the same seconds:
   - the floor: a loop doing only the reads the recorder must do (per second the host's meminfo
     and vmstat and each target's cgroup files and its process's status, per 100 ms meminfo and
     each usage counter), with descriptors kept open and nothing parsed;
@@ -30,8 +31,23 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def cpu_s(pid: int) -> float:
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of all of pid's threads: their schedstat nanoseconds (utime + stime in
+    /proc/<pid>/stat are whole clock ticks: 0.025 % of a core over 40 s, too coarse here)."""
+    try:
+        return sum(int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[0])
+                   for t in os.listdir(f"/proc/{pid}/task")) / 1e9
+    except (FileNotFoundError, ProcessLookupError):        # no schedstat (CONFIG_SCHED_INFO off)
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes pid caused to be written to storage (/proc/<pid>/io write_bytes: page-cache pages
+    it dirtied), counted when dirtied, whatever writeback does later."""
+    for line in open(f"/proc/{pid}/io"):
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
 
 
 def bytes_per_day(d: str) -> tuple[float, int]:
@@ -114,6 +130,7 @@ def main() -> None:
                                            *[f"{cg.dir}:{cg.child.pid}" for cg in cgs]])
         time.sleep(5)                                   # start-up: imports, host facts, first files
         c0 = {k: cpu_s(p.pid) for k, p in procs.items()}
+        w0 = {k: write_bytes(procs[k].pid) for k in runs}
         t0 = time.monotonic()
         grown = False
         while time.monotonic() - t0 < secs:
@@ -129,6 +146,7 @@ def main() -> None:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0))
         t1 = time.monotonic()
         c1 = {k: cpu_s(p.pid) for k, p in procs.items()}
+        written = {k: (write_bytes(procs[k].pid) - w0[k]) / (t1 - t0) * 86400 for k in runs}
         died = {k: p.poll() for k, p in procs.items() if p.poll() is not None}
         if died:                                        # a zombie's CPU time reads as a cheap run
             for k in died:
@@ -145,10 +163,12 @@ def main() -> None:
             with open(out_json, "w") as f:
                 json.dump({"targets": n, "busy": busy, "seconds": t1 - t0,
                            "share": {k: (c1[k] - c0[k]) / (t1 - t0) for k in procs},
-                           "bytes_per_day": {k: day[k][0] for k in runs}}, f)
+                           "bytes_per_day": {k: day[k][0] for k in runs},
+                           "written_per_day": written}, f)
         for k in procs:
             share = (c1[k] - c0[k]) / (t1 - t0) * 100
-            disk = f"; {day[k][1]} samples, {day[k][0] / 2**20:.0f} MiB/day on disk" if k in runs else ""
+            disk = (f"; {day[k][1]} samples, {day[k][0] / 2**20:.0f} MiB/day on disk, "
+                    f"{written[k] / 2**30:.1f} GiB/day written") if k in runs else ""
             print(f"  {k:7s} {share:5.2f} % of a core ({(c1[k] - c0[k]) / (t1 - t0) / (n + 1) * 1e3:.3f} ms "
                   f"per target-second){disk}")
         print(f"on {os.cpu_count()} CPUs, kernel {os.uname().release}, load average {os.getloadavg()[0]:.2f} at the end")

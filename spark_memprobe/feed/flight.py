@@ -62,6 +62,9 @@ KERNEL_EVERY_S = 10.0      # zoneinfo, buddyinfo, PSI read this often outside a 
 HOST = "host"
 RING_FELL = "ring"          # by_fd's object for the C ring's eventfd
 _NONE = object()
+# a base file commits one row (~200 bytes busy) a second, and each commit writes its changed page
+# whole to the -wal: 1 KiB pages write a third of what 4 KiB ones do (docs/performance.md)
+BASE_PAGE_BYTES = 1024
 MEMINFO_CAP = 16384         # /proc/meminfo is one seq_file record (~1.5 KiB): one pread reads it whole
 
 
@@ -440,7 +443,7 @@ class FlightRecorder:
                 # a trigger window keeps every eBPF report (one a second); base files hold none;
                 # tick() commits every file written in the second, so no write commits on its own
                 rec = Recorder(path, header, probes_every_s=0.0 if kind == "event" else PROBES_STEADY_S,
-                               commit_every_s=None)
+                               commit_every_s=None, page_size=BASE_PAGE_BYTES if kind == "base" else None)
             except RecordingError as e:
                 if os.path.lexists(path):
                     continue             # taken (a restart within the same second): never overwritten

@@ -25,10 +25,12 @@ def recording_header(feed, interval_s: float, kv_fraction: float) -> dict:
 
 class Recorder:
     def __init__(self, path: str, header: dict, overwrite: bool = False, max_bytes: Optional[int] = None,
-                 probes_every_s: float = PROBES_STEADY_S, commit_every_s: Optional[float] = COMMIT_EVERY_S):
+                 probes_every_s: float = PROBES_STEADY_S, commit_every_s: Optional[float] = COMMIT_EVERY_S,
+                 page_size: Optional[int] = None):
         self.path = path
         self.probes_every_s = probes_every_s
-        self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes, commit_every_s=commit_every_s)
+        self.w = RecordingWriter(path, header, overwrite=overwrite, max_bytes=max_bytes, commit_every_s=commit_every_s,
+                                 page_size=page_size)
         self._report = None
         self._sig: tuple = ()
         self._probes_ns = 0
