@@ -69,6 +69,13 @@ def bytes_per_day(d: str) -> tuple[float, int]:
     return total, samples
 
 
+def started(d: str, files: int) -> bool:
+    try:
+        return sum(n.startswith("flight-base-") and n.endswith(".db") for n in os.listdir(d)) >= files
+    except FileNotFoundError:
+        return False
+
+
 def floor(args: list[str]) -> None:
     """The raw reads alone: args are cgroup-dir:pid pairs (run as a child of the bench)."""
     def fd(p: str) -> int:
@@ -128,7 +135,17 @@ def main() -> None:
                 env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])))
         procs["floor"] = subprocess.Popen([sys.executable, __file__, "--floor",
                                            *[f"{cg.dir}:{cg.child.pid}" for cg in cgs]])
-        time.sleep(5)                                   # start-up: imports, host facts, first files
+        # start-up (imports, host facts, NVML's first init: one H200 run's recorder wrote 492 of 865
+        # samples, its start overlapping a fixed 5 s wait on a machine just lent)
+        # until every recorder has its host's and each target's base file, then a 5 s warm-up
+        deadline = time.monotonic() + 120
+        while not all(started(os.path.join(d, k), n + 1) for k in runs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):
+                for k in runs:
+                    print(open(os.path.join(d, f"{k}.log")).read()[-3000:], file=sys.stderr)
+                raise SystemExit(f"a recorder did not start its {n + 1} base files in 120 s; nothing measured")
+            time.sleep(0.2)
+        time.sleep(5)
         c0 = {k: cpu_s(p.pid) for k, p in procs.items()}
         w0 = {k: write_bytes(procs[k].pid) for k in runs}
         t0 = time.monotonic()
@@ -158,7 +175,8 @@ def main() -> None:
             p.wait(timeout=20)
         day = {k: bytes_per_day(os.path.join(d, k)) for k in runs}
         print(f"{n} cgroups ({'busy: 1 MiB cached or dropped in each every second' if busy else 'idle'}) "
-              f"+ host at 1 Hz, measured {t1 - t0:.0f} s after a 5 s warm-up, side by side:")
+              f"+ host at 1 Hz, measured {t1 - t0:.0f} s after every base file was there and a 5 s warm-up, "
+              "side by side:")
         if out_json:
             with open(out_json, "w") as f:
                 json.dump({"targets": n, "busy": busy, "seconds": t1 - t0,

@@ -171,7 +171,8 @@ def main() -> int:
         if f:
             now, floor = f["share"]["now"], f["share"]["floor"]
             print(f"| flight recorder, {f['targets']} cgroups + host at 1 Hz, {kind} | {now * 100:.2f} % of a core, "
-                  f"{f['bytes_per_day']['now'] / 2 ** 20:.0f} MiB/day (floor of its reads {floor * 100:.2f} %) | "
+                  f"{f['bytes_per_day']['now'] / 2 ** 20:.0f} MiB/day on disk, "
+                  f"{f['written_per_day']['now'] / 2 ** 30:.1f} GiB/day written (floor of its reads {floor * 100:.2f} %) | "
                   f"< 0.5 % | {verdict(now < 0.005, 'by %.2f points, %.1fx' % ((now - 0.005) * 100, now / 0.005))} |")
     return 0
 
