@@ -45,6 +45,9 @@ test_pkgs+=(bpftrace)
 # their own server on a free loopback port (on a host running systemd the package also enables
 # its own prometheus.service on :9090; `systemctl disable --now prometheus` if unwanted).
 test_pkgs+=(prometheus)
+# The units' test (tests/test_flight_service.py): `systemd-analyze verify` loads
+# scripts/*.service offline; setpriv (util-linux, essential) applies their capability bounds.
+test_pkgs+=(systemd)
 # The report tests (tests/test_report_render.py, docs/report.md): the HTML report is opened in a
 # real headless browser (Debian chromium) and screenshotted.
 test_pkgs+=(chromium)
