@@ -135,9 +135,9 @@ def main() -> None:
                 env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])))
         procs["floor"] = subprocess.Popen([sys.executable, __file__, "--floor",
                                            *[f"{cg.dir}:{cg.child.pid}" for cg in cgs]])
-        # start-up (imports, host facts, NVML's first init: one H200 run's recorder wrote 492 of 865
-        # samples, its start overlapping a fixed 5 s wait on a machine just lent)
-        # until every recorder has its host's and each target's base file, then a 5 s warm-up
+        # start-up (imports, host facts, NVML's first init) until every recorder has its host's and
+        # each target's base file, then a 5 s warm-up (a fixed 5 s let one recorder's start-up, on a
+        # GPU machine just lent, run into the measured stretch: 492 samples of 865)
         deadline = time.monotonic() + 120
         while not all(started(os.path.join(d, k), n + 1) for k in runs):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):

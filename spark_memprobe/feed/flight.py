@@ -63,7 +63,7 @@ HOST = "host"
 RING_FELL = "ring"          # by_fd's object for the C ring's eventfd
 _NONE = object()
 # a base file commits one row (~200 bytes busy) a second, and each commit writes its changed page
-# whole to the -wal: 1 KiB pages write a third of what 4 KiB ones do (docs/performance.md)
+# whole to the -wal: 1 KiB pages write less than half of what 4 KiB ones do (docs/performance.md)
 BASE_PAGE_BYTES = 1024
 MEMINFO_CAP = 16384         # /proc/meminfo is one seq_file record (~1.5 KiB): one pread reads it whole
 
