@@ -146,6 +146,11 @@ def json_text(value: Any) -> str:
     return _JSON_OUT.encode(value)
 
 
+def scalar_values(flat: dict, paths: Iterable[str] = SCALARS.values()) -> list:
+    """A sample row's SCALARS columns (or those of paths) from its flattened sample: integers, else None."""
+    return [v if isinstance(v := flat.get(p), int) else None for p in paths]
+
+
 def deflate(data: bytes) -> bytes:
     """A zlib stream of data. zlib.compress sets up a 32 KiB window and 256 KiB of hash tables
     for every call (about 50 us, most of a small sample's write); a blob of 4 KiB or less fits a
@@ -558,10 +563,10 @@ class RecordingWriter:
                 body = [[ids[p], v] for p, v in flat.items() if prev.get(p, _ABSENT) != v]
                 if not prev.keys() <= flat.keys():
                     body += [[ids[p], REMOVED] for p in prev if p not in flat]
-        blob = deflate(_JSON_OUT.encode(body).encode())
-        scal = [v if isinstance(v := flat.get(p), int) else None for p in SCALARS.values()]
+        blob = deflate(json_text(body).encode())
+        scal = scalar_values(flat)
         gpu = [item for item in body if item[0] in self.gpu_ids] if self.gpu_ids else None
-        gpu_data = _JSON_OUT.encode(gpu) if gpu else None
+        gpu_data = json_text(gpu) if gpu else None
         self.db.execute(_INSERT_SAMPLE, (self.n, mono_ns, wall_ns, int(key), blob, *scal, gpu_data))
         self.pending_bytes += len(blob) + len(gpu_data or "") + ROW_OVERHEAD_BYTES
         self.prev = flat

@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 from typing import Optional
 
-from ..recording import SCALARS, burst_value, deflate, flatten, json_text
+from ..recording import SCALARS, burst_value, deflate, flatten, json_text, scalar_values
 
 
 EVENTS = "cgroup/events/"       # a limit event or an OOM kill: the whole path (the Follower keeps that sample)
@@ -103,7 +103,7 @@ class FlatDelta:
             self.wholes += 1
             return None
         if not keep:
-            scal += [v if isinstance(v := (extra_flat or {}).get(p), int) else None for p in HOST_SCALARS]
+            scal += scalar_values(extra_flat or {}, HOST_SCALARS)
             return c.mono_ns, c.wall_ns, blob, scal, None, Later(self, since, extra_flat or {})
         flat = self.flat
         flat.update(changed)
@@ -115,7 +115,7 @@ class FlatDelta:
                 blob = blob[:-1] + ("," if len(blob) > 2 else "").encode() + text[1:].encode()
                 gpu_data = text if any(i[0] in gpu_ids for i in items) else None
             blob = deflate(blob)
-        scal = [v if isinstance(v := flat.get(p), int) else None for p in SCALARS.values()]
+        scal = scalar_values(flat)
         return c.mono_ns, c.wall_ns, blob, scal, gpu_data, flat
 
     def _map(self, ids: dict, extra_paths: list[str]):
