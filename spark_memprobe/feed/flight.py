@@ -791,15 +791,9 @@ class FlightRecorder:
         if row is None:
             d.flat = None
             return False
-        try:
-            tr.base.w.add_row(*row)
-        except RecordingError as e:             # disk full: said, and tried again next period
-            self.log(str(e))
-            self._close(tr.base)
-            tr.base = None
+        if not self._write_open_base(tr, lambda rec: rec.w.add_row(*row)):
             d.flat = None
             return True
-        self.dirty.add(tr.base)
         tr.host_seen = self.host_flat
         self._keep(tr, row[0], row[1], row[5])
         return True
@@ -861,8 +855,11 @@ class FlightRecorder:
 
     def _write_base(self, tr: Track, write: Callable[[Recorder], object]) -> bool:
         """write(the track's base file of this period); False when there is none or it failed."""
-        if self._base_file(tr) is None:
-            return False
+        return self._base_file(tr) is not None and self._write_open_base(tr, write)
+
+    def _write_open_base(self, tr: Track, write: Callable[[Recorder], object]) -> bool:
+        """write(tr.base) (the file a row was read for: no rotation in between); False when it
+        failed, the file closed."""
         try:
             write(tr.base)
             self.dirty.add(tr.base)
