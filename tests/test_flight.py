@@ -412,3 +412,46 @@ def test_a_restart_and_an_exit_under_delta_ticks_are_triggers(tmp_path):
         with Recording(bf.path) as rec:
             ends += [e.value for e in rec.events("target") if e.value.get("kind") == "ended"]
     assert len(ends) == 1, ends                      # the base file says how it ended
+
+
+def test_a_full_disk_is_said_and_recording_goes_on_once_there_is_room(cg, tmp_path):
+    """A real ENOSPC: the flight directory on a small tmpfs of its own, filled while the recorder
+    writes rows and whole ticks. The recorder says so in a line, loses nothing committed, keeps
+    ticking, and writes again (new files) once there is room."""
+    d = tmp_path / "small"
+    d.mkdir()
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "memprobe-test", str(d)],
+                       capture_output=True, text=True)
+    if m.returncode != 0:
+        pytest.skip(f"no tmpfs of our own to fill: mount said {m.stderr.strip()!r}")
+    said: list[str] = []
+    fr = None
+    try:
+        cg.start_child()
+        path = fresh_file(str(tmp_path), MiB)
+        fr = in_process(str(d / "flight"), [cg], log=said.append)
+        run_busy(fr, cg, path, 3.5)
+        before = {f.path: len(rec_samples(f.path)) for f in flight_files(str(d / "flight"))}
+        with open(d / "filler", "wb") as f:              # the rest of the tmpfs
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        run_busy(fr, cg, path, 3.5)
+        full = [m for m in said if "full" in m]
+        os.unlink(d / "filler")
+        n_said = len(said)
+        run_busy(fr, cg, path, 3.5)
+        again = [m for m in said[n_said:] if m.startswith("writing ")]
+        fr.close()
+        fr = None
+        after = {f.path: len(rec_samples(f.path)) for f in flight_files(str(d / "flight"))}
+    finally:
+        if fr is not None:
+            fr.close()
+        subprocess.run(["umount", "-l", str(d)])
+    assert full and all("\n" not in m for m in full), said
+    assert all(after[p] >= n for p, n in before.items()), (before, after)     # nothing committed lost
+    assert again and len(after) > len(before), (said, after)                  # new files once there was room
