@@ -240,7 +240,6 @@ int mp_parse_pressure(const char *buf, int len, int64_t *out);
 
 #include <time.h>
 
-
 /* A clock in ns (C only: sampler.c, ring.c). */
 static inline int64_t mp_clock_ns(clockid_t c)
 {

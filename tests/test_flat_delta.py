@@ -278,8 +278,6 @@ def test_rows_encoded_in_c_read_back_as_their_whole_samples(cg, tmp_path):
 def test_row_text_writes_what_burst_value_reads():
     """The C encoder alone (row.c): each kind of column, a column of two paths, extra items,
     a column without a path, a buffer too small, and the zlib stream."""
-    import json
-    import zlib
     from spark_memprobe._native import ffi, lib
     from spark_memprobe.recording import burst_value
     from spark_memprobe.sources.native import MISSING, ROW_HUNDREDTHS, ROW_INT, ROW_LIMIT, UNLIMITED

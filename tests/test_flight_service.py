@@ -29,6 +29,7 @@ from test_flight import base_files, wait_for
 from test_psi import cg  # noqa: F401 - the live cgroup fixture
 from spark_memprobe.analysis.flight import flight_files
 from spark_memprobe.cli import main
+from spark_memprobe.cli.args import duration, size
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 UNITS = [os.path.join(ROOT, "scripts", n) for n in ("memprobe-recorder.service", "memprobe-exporter.service")]
@@ -55,14 +56,6 @@ def service(path: str) -> dict[str, list[str]]:
             k, v = line.split("=", 1)
             out.setdefault(k, []).append(v)
     return out
-
-
-def size_bytes(text: str) -> int:
-    return int(text[:-1]) << {"K": 10, "M": 20, "G": 30}[text[-1]] if text[-1] in "KMG" else int(text)
-
-
-def seconds(text: str) -> float:
-    return float(text[:-1]) if text.endswith("s") else float(text)
 
 
 @pytest.fixture
@@ -106,7 +99,7 @@ def test_the_units_command_under_its_confinement_records_an_oom_kill(installed_u
     svc = LiveCgroup()                                       # the unit's MemoryMax
     p = None
     try:
-        max_bytes = size_bytes(unit["MemoryMax"][0])
+        max_bytes = size(unit["MemoryMax"][0])        # systemd: K, M, G are 1024-based too
         svc.set("memory.limit_in_bytes" if svc.version == 1 else "memory.max", str(max_bytes))
         cg.start_child()
         cg.set("memory.limit_in_bytes" if cg.version == 1 else "memory.max", str(96 * MiB))
@@ -126,7 +119,7 @@ def test_the_units_command_under_its_confinement_records_an_oom_kill(installed_u
         wait_for(lambda: any(f.kind == "event" for f in flight_files(d)), timeout=15)
         time.sleep(1.0)
         p.send_signal(getattr(signal, unit["KillSignal"][0]))
-        out, _ = p.communicate(timeout=seconds(unit["TimeoutStopSec"][0]))
+        out, _ = p.communicate(timeout=duration(unit["TimeoutStopSec"][0]))
         peak = int(open(f"{svc.dir}/{'memory.max_usage_in_bytes' if svc.version == 1 else 'memory.peak'}").read())
     finally:
         if p is not None and p.poll() is None:
