@@ -171,11 +171,11 @@ void mp_delta_base(struct mp_target *t, const struct mp_sample *s);
 #define MP_ROW_LIMIT 2
 #define MP_ROW_SCALARS 7
 struct mp_rowmap {
-    int32_t start[1588];
-    int32_t ids[3174];
-    uint8_t kinds[3174];
+    int32_t start[MP_RAW_LEN + 1];
+    int32_t ids[MP_ROW_ITEMS_MAX];
+    uint8_t kinds[MP_ROW_ITEMS_MAX];
     int64_t limit_floor;
-    int32_t scal_cols[7];
+    int32_t scal_cols[MP_ROW_SCALARS];
 };
 /* mp_sample_delta, then the changed columns as the JSON text [[id,value],...] followed by
  * extra items: x_ids[i] with x_vals[i] (MP_MISSING: null) where x_on[i] (the host's meminfo

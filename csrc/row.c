@@ -9,9 +9,7 @@
 
 #include "memprobe.h"
 
-_Static_assert(MP_RAW_LEN + 1 == sizeof(((struct mp_rowmap *)0)->start) / sizeof(int32_t), "start[]");
-_Static_assert(MP_ROW_ITEMS_MAX == 2 * MP_RAW_LEN, "ids[]");
-_Static_assert(MP_ROW_SCALARS == sizeof(((struct mp_rowmap *)0)->scal_cols) / sizeof(int32_t), "scal_cols[]");
+_Static_assert(MP_ROW_ITEMS_MAX == 2 * MP_RAW_LEN, "ids[]: a column has at most two paths");
 
 /* One item: [id,value]; value as burst_value (recording.py) gives it, MP_MISSING as null. */
 static int item(char *out, int cap, int32_t id, int64_t v, int kind, int64_t floor)
